@@ -1,0 +1,34 @@
+# make test   : create .venv when missing, install the pinned environment, build the extension, run the tests
+# make bench  : CPU benchmark of the ops (appends to benchmarks/results/ops.csv)
+# make lint   : ruff
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+CUDA_HOME ?= $(shell $(PY) tools/find_cuda_home.py)
+TORCH_CUDA_ARCH_LIST ?= 9.0
+export CUDA_HOME TORCH_CUDA_ARCH_LIST
+
+.PHONY: test venv build bench lint clean
+
+$(VENV)/.installed: requirements-dev.txt
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+build: venv
+	$(VPY) -m pip install -q -e . --no-build-isolation
+
+test: build
+	$(VPY) -m pytest -q tests
+
+bench: build
+	$(VPY) benchmarks/bench_ops.py
+
+lint: venv
+	$(VENV)/bin/ruff check sgc_fast tests benchmarks
+
+clean:
+	rm -rf build *.egg-info sgc_fast/*.so

@@ -1,0 +1,450 @@
+// contrast_sweep on the CPU: the per-pixel (SGC, masked) part of contrast_logits, forward and backward.
+//
+// Inputs are the sum-normalised CAMs  ct = c / (sum(U c) + eps)  ([B,h,w], [N,h,w]), so that the
+// full-resolution vectors are, pixel by pixel,
+//   a_i = mask_i * (Uy ct_aug_i Ux^T + eps)          (augmented view, masked)
+//   p_i =          Vy_i ct_orig_i Vx_i^T + eps        (original view, optionally warped)
+//   q_k = neg_mask_k * (Uy ct_neg_k Ux^T + eps)      (separate negatives; none: q = a)
+// Forward returns, in float64, gram [B, Nq] (a_i.q_k; a_i.a_j without separate negatives), pos [B]
+// (a_i.p_i), and the squared norms of a, p and q. Backward takes coefficient matrices and returns the
+// gradients w.r.t. the three ct inputs of the fields
+//   dA = coef_aa A + coef_aq Q + diag(coef_ap) P,  dP = diag(coef_pa) A + diag(coef_pp) P,
+//   dQ = coef_qa A + diag(coef_qq) Q,
+// i.e. ct_aug gets Uy^T (mask . dA) Ux and so on (sgc_fast/contrast.py derives the coefficients).
+//
+// Tiling: the H rows are split into kNumGroups fixed groups; a task takes whole groups and walks them
+// kTileRows rows at a time, regenerating the tile of every map from the h x w CAMs through the sparse
+// taps of the interpolation matrices (2 taps for a plain upsampling, <= 4 after a crop). No H x W map is
+// ever stored: extra memory is O(kNumGroups * (B*Nq + B*h*w) + threads * B * kTileRows * W).
+// Partial sums are kept per group and added in group order, and every dot product uses kLanes fixed
+// lanes, so results are identical run to run and for any thread count.
+// Backward recomputes the tiles and applies the adjoint of the upsampling as a gather into the h x w
+// grid (rows first, then the per-row taps), again per group.
+// Work: B*(Nq + 3)*H*W multiply-adds forward, about twice that backward; memory traffic is the mask.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace sgc_fast {
+namespace {
+
+constexpr int64_t kNumGroups = 16;  // fixed row groups: the reduction order never depends on threads
+constexpr int64_t kTileRows = 4;    // rows regenerated per step
+constexpr int kLanes = 16;          // independent accumulators of a dot product (vectorisable)
+
+// Dot product with a fixed lane split: deterministic and vectorisable without -ffast-math.
+template <typename T>
+inline double dot(const T* x, const T* y, int64_t n) {
+  T lane[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) lane[l] += x[i + l] * y[i + l];
+  double s = 0;
+  for (; i < n; ++i) s += static_cast<double>(x[i] * y[i]);
+  for (int l = 0; l < kLanes; ++l) s += static_cast<double>(lane[l]);
+  return s;
+}
+
+template <typename T>
+inline void axpy(T alpha, const T* x, T* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+}
+
+// One interpolation matrix [out, in] stored by rows as (first column, `len` weights).
+template <typename T>
+struct Taps {
+  int64_t len = 0;
+  std::vector<int64_t> start;
+  std::vector<T> weight;  // [out * len]
+};
+
+template <typename T>
+Taps<T> make_taps(const double* m, int64_t out, int64_t in) {
+  Taps<T> t;
+  std::vector<int64_t> lo(out), hi(out);
+  for (int64_t r = 0; r < out; ++r) {
+    int64_t a = in, b = -1;
+    for (int64_t c = 0; c < in; ++c)
+      if (m[r * in + c] != 0.0) {
+        a = std::min(a, c);
+        b = std::max(b, c);
+      }
+    if (b < 0) a = b = 0;  // an all-zero row: one zero tap
+    lo[r] = a;
+    hi[r] = b;
+    t.len = std::max(t.len, b - a + 1);
+  }
+  t.start.resize(out);
+  t.weight.assign(out * t.len, T(0));
+  for (int64_t r = 0; r < out; ++r) {
+    const int64_t s = std::min(lo[r], in - t.len);  // keep the window inside [0, in)
+    t.start[r] = s;
+    for (int64_t l = 0; l < t.len; ++l) t.weight[r * t.len + l] = static_cast<T>(m[r * in + s + l]);
+  }
+  return t;
+}
+
+// Taps of each [out, in] matrix of a [n, out, in] stack.
+template <typename T>
+std::vector<Taps<T>> make_taps_stack(const at::Tensor& mats) {
+  at::Tensor m = mats.to(at::kDouble).contiguous();
+  const int64_t n = m.size(0), out = m.size(1), in = m.size(2);
+  std::vector<Taps<T>> taps;
+  for (int64_t i = 0; i < n; ++i) taps.push_back(make_taps<T>(m.const_data_ptr<double>() + i * out * in, out, in));
+  return taps;
+}
+
+struct MaskView {
+  const uint8_t* data = nullptr;
+  int64_t s0 = 0, s1 = 0, s2 = 0;
+  const uint8_t* row(int64_t i, int64_t y) const { return data + i * s0 + y * s1; }
+};
+
+MaskView make_mask_view(const at::Tensor& mask) {
+  MaskView v;
+  if (mask.numel() == 0) return v;
+  v.data = mask.const_data_ptr<uint8_t>();
+  v.s0 = mask.stride(0);
+  v.s1 = mask.stride(1);
+  v.s2 = mask.stride(2);
+  return v;
+}
+
+// Everything a task needs to regenerate map tiles.
+template <typename T>
+struct Geometry {
+  int64_t B, Nq, h, w, H, W;
+  Taps<T> uy, ux;
+  std::vector<Taps<T>> vy, vx;  // one per sample, or a single shared one
+  const T* cam_aug;
+  const T* cam_orig;
+  const T* neg_cam;
+  MaskView mask, neg_mask;
+  T eps;
+
+  const Taps<T>& vy_of(int64_t i) const { return vy[vy.size() == 1 ? 0 : i]; }
+  const Taps<T>& vx_of(int64_t i) const { return vx[vx.size() == 1 ? 0 : i]; }
+};
+
+// Rows [y0, y0 + nr) of  mask . (Ty cam Tx^T + eps)  into out[nr * W]; `mask_row(y)` may be null.
+template <typename T, typename MaskRow>
+void generate(const T* cam, const Taps<T>& ty, const Taps<T>& tx, int64_t h, int64_t w, int64_t W, int64_t y0,
+              int64_t nr, T eps, MaskRow mask_row, T* out, T* row_buf) {
+  (void)h;
+  for (int64_t r = 0; r < nr; ++r) {
+    const int64_t Y = y0 + r;
+    for (int64_t x = 0; x < w; ++x) row_buf[x] = T(0);
+    for (int64_t l = 0; l < ty.len; ++l) {
+      const T wy = ty.weight[Y * ty.len + l];
+      const T* c = cam + (ty.start[Y] + l) * w;
+      for (int64_t x = 0; x < w; ++x) row_buf[x] += wy * c[x];
+    }
+    T* o = out + r * W;
+    for (int64_t X = 0; X < W; ++X) {
+      const T* wx = tx.weight.data() + X * tx.len;
+      const T* t = row_buf + tx.start[X];
+      T v = T(0);
+      for (int64_t l = 0; l < tx.len; ++l) v += wx[l] * t[l];
+      o[X] = v + eps;
+    }
+    const uint8_t* m = mask_row(Y);
+    if (m != nullptr) {
+      const int64_t ms = mask_row.stride;
+      for (int64_t X = 0; X < W; ++X) o[X] = m[X * ms] ? o[X] : T(0);
+    }
+  }
+}
+
+struct MaskRowOf {
+  const MaskView* view;
+  int64_t sample;
+  int64_t stride;
+  const uint8_t* operator()(int64_t y) const {
+    return (view != nullptr && view->data != nullptr) ? view->row(sample, y) : nullptr;
+  }
+};
+
+// Adjoint of generate (without mask/eps) for rows [y0, y0+nr): grid[h, w] += Ty^T d Tx.
+template <typename T>
+void gather(const T* d, const Taps<T>& ty, const Taps<T>& tx, int64_t w, int64_t W, int64_t y0, int64_t nr,
+            double* grid, T* row_buf) {
+  for (int64_t r = 0; r < nr; ++r) {
+    const int64_t Y = y0 + r;
+    for (int64_t x = 0; x < w; ++x) row_buf[x] = T(0);
+    const T* dr = d + r * W;
+    for (int64_t X = 0; X < W; ++X) {
+      const T* wx = tx.weight.data() + X * tx.len;
+      T* t = row_buf + tx.start[X];
+      for (int64_t l = 0; l < tx.len; ++l) t[l] += wx[l] * dr[X];
+    }
+    for (int64_t l = 0; l < ty.len; ++l) {
+      const double wy = static_cast<double>(ty.weight[Y * ty.len + l]);
+      double* g = grid + (ty.start[Y] + l) * w;
+      for (int64_t x = 0; x < w; ++x) g[x] += wy * static_cast<double>(row_buf[x]);
+    }
+  }
+}
+
+// Per-task scratch: the map tiles of one step.
+template <typename T>
+struct Tiles {
+  std::vector<T> a, p, q, d, row;
+  int64_t tile;
+  Tiles(const Geometry<T>& g) : tile(kTileRows * g.W) {
+    a.resize(g.B * tile);
+    p.resize(g.B * tile);
+    q.resize(g.Nq * tile);
+    d.resize(tile);
+    row.resize(std::max(g.w, g.h));
+  }
+};
+
+template <typename T>
+void fill_tiles(const Geometry<T>& g, Tiles<T>& t, int64_t y0, int64_t nr) {
+  const int64_t hw = g.h * g.w;
+  for (int64_t i = 0; i < g.B; ++i) {
+    generate(g.cam_aug + i * hw, g.uy, g.ux, g.h, g.w, g.W, y0, nr, g.eps, MaskRowOf{&g.mask, i, g.mask.s2},
+             t.a.data() + i * t.tile, t.row.data());
+    generate(g.cam_orig + i * hw, g.vy_of(i), g.vx_of(i), g.h, g.w, g.W, y0, nr, g.eps, MaskRowOf{nullptr, i, 0},
+             t.p.data() + i * t.tile, t.row.data());
+  }
+  for (int64_t k = 0; k < g.Nq; ++k)
+    generate(g.neg_cam + k * hw, g.uy, g.ux, g.h, g.w, g.W, y0, nr, g.eps,
+             MaskRowOf{&g.neg_mask, k, g.neg_mask.s2}, t.q.data() + k * t.tile, t.row.data());
+}
+
+// Calls body(group, y0, nr, tiles) for every tile, tasks owning whole groups.
+template <typename T, typename Body>
+void for_each_tile(const Geometry<T>& g, int64_t groups, Body body) {
+  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+    Tiles<T> tiles(g);
+    for (int64_t grp = g0; grp < g1; ++grp) {
+      const int64_t ybeg = grp * g.H / groups, yend = (grp + 1) * g.H / groups;
+      for (int64_t y0 = ybeg; y0 < yend; y0 += kTileRows) {
+        const int64_t nr = std::min(kTileRows, yend - y0);
+        fill_tiles(g, tiles, y0, nr);
+        body(grp, y0, nr, tiles);
+      }
+    }
+  });
+}
+
+void check_sweep_inputs(const at::Tensor& cam_aug, const at::Tensor& cam_orig, const at::Tensor& mask,
+                        const at::Tensor& uy, const at::Tensor& ux, const at::Tensor& vy, const at::Tensor& vx,
+                        const at::Tensor& neg_cam, const at::Tensor& neg_mask) {
+  TORCH_CHECK(cam_aug.dim() == 3 && cam_orig.sizes() == cam_aug.sizes(), "cam_orig: shape ", cam_orig.sizes(),
+              " does not match cam_aug ", cam_aug.sizes());
+  const int64_t B = cam_aug.size(0), h = cam_aug.size(1), w = cam_aug.size(2);
+  TORCH_CHECK(uy.dim() == 2 && uy.size(1) == h, "uy: expected [H, ", h, "], got ", uy.sizes());
+  TORCH_CHECK(ux.dim() == 2 && ux.size(1) == w, "ux: expected [W, ", w, "], got ", ux.sizes());
+  const int64_t H = uy.size(0), W = ux.size(0);
+  TORCH_CHECK(mask.dim() == 3 && mask.size(0) == B && mask.size(1) == H && mask.size(2) == W &&
+                  mask.scalar_type() == at::kByte,
+              "mask: expected uint8 [", B, ", ", H, ", ", W, "], got ", mask.scalar_type(), " ", mask.sizes());
+  TORCH_CHECK(vy.dim() == 3 && (vy.size(0) == 1 || vy.size(0) == B) && vy.size(1) == H && vy.size(2) == h,
+              "vy: expected [1 or B, H, h], got ", vy.sizes());
+  TORCH_CHECK(vx.dim() == 3 && vx.size(0) == vy.size(0) && vx.size(1) == W && vx.size(2) == w,
+              "vx: expected [", vy.size(0), ", W, w], got ", vx.sizes());
+  TORCH_CHECK(neg_cam.dim() == 3 && neg_cam.size(1) == h && neg_cam.size(2) == w, "neg_cam: expected [N, ", h, ", ",
+              w, "], got ", neg_cam.sizes());
+  TORCH_CHECK(neg_mask.dim() == 3 && neg_mask.size(0) == neg_cam.size(0) &&
+                  (neg_cam.size(0) == 0 || (neg_mask.size(1) == H && neg_mask.size(2) == W)) &&
+                  neg_mask.scalar_type() == at::kByte,
+              "neg_mask: expected uint8 [N, H, W], got ", neg_mask.scalar_type(), " ", neg_mask.sizes());
+  TORCH_CHECK(cam_orig.scalar_type() == cam_aug.scalar_type() && neg_cam.scalar_type() == cam_aug.scalar_type(),
+              "cam_orig, neg_cam: expected the dtype of cam_aug (", cam_aug.scalar_type(), ")");
+}
+
+template <typename T>
+Geometry<T> make_geometry(const at::Tensor& cam_aug, const at::Tensor& cam_orig, const at::Tensor& mask,
+                          const at::Tensor& uy, const at::Tensor& ux, const at::Tensor& vy, const at::Tensor& vx,
+                          const at::Tensor& neg_cam, const at::Tensor& neg_mask, double eps) {
+  Geometry<T> g;
+  g.B = cam_aug.size(0);
+  g.h = cam_aug.size(1);
+  g.w = cam_aug.size(2);
+  g.H = uy.size(0);
+  g.W = ux.size(0);
+  g.Nq = neg_cam.size(0);
+  g.uy = make_taps_stack<T>(uy.unsqueeze(0))[0];
+  g.ux = make_taps_stack<T>(ux.unsqueeze(0))[0];
+  g.vy = make_taps_stack<T>(vy);
+  g.vx = make_taps_stack<T>(vx);
+  g.cam_aug = cam_aug.const_data_ptr<T>();
+  g.cam_orig = cam_orig.const_data_ptr<T>();
+  g.neg_cam = g.Nq > 0 ? neg_cam.const_data_ptr<T>() : nullptr;
+  g.mask = make_mask_view(mask);
+  g.neg_mask = make_mask_view(neg_mask);
+  g.eps = static_cast<T>(eps);
+  return g;
+}
+
+template <typename T>
+void sweep_forward(const Geometry<T>& g, double* gram, double* pos, double* norm_aug, double* norm_orig,
+                   double* norm_neg) {
+  const int64_t B = g.B, Nq = g.Nq, NQ = Nq > 0 ? Nq : B;
+  const int64_t groups = std::min(kNumGroups, g.H);
+  // Per-group partial sums: gram, pos, |a|^2, |p|^2, |q|^2.
+  const int64_t S = B * NQ + 3 * B + Nq;
+  std::vector<double> part(groups * S, 0.0);
+  for_each_tile(g, groups, [&](int64_t grp, int64_t, int64_t nr, Tiles<T>& t) {
+    double* acc = part.data() + grp * S;
+    double *pg = acc, *pp = acc + B * NQ, *pa = pp + B, *po = pa + B, *pq = po + B;
+    const int64_t n = nr * g.W;
+    for (int64_t i = 0; i < B; ++i) {
+      const T* ai = t.a.data() + i * t.tile;
+      const T* pi = t.p.data() + i * t.tile;
+      pp[i] += dot(ai, pi, n);
+      pa[i] += dot(ai, ai, n);
+      po[i] += dot(pi, pi, n);
+      if (Nq == 0) {
+        for (int64_t j = i + 1; j < B; ++j) pg[i * B + j] += dot(ai, t.a.data() + j * t.tile, n);
+      } else {
+        for (int64_t k = 0; k < Nq; ++k) pg[i * Nq + k] += dot(ai, t.q.data() + k * t.tile, n);
+      }
+    }
+    for (int64_t k = 0; k < Nq; ++k) pq[k] += dot(t.q.data() + k * t.tile, t.q.data() + k * t.tile, n);
+  });
+  std::vector<double> total(S, 0.0);
+  for (int64_t grp = 0; grp < groups; ++grp)
+    for (int64_t s = 0; s < S; ++s) total[s] += part[grp * S + s];
+  const double *tg = total.data(), *tp = tg + B * NQ, *ta = tp + B, *to = ta + B, *tq = to + B;
+  for (int64_t i = 0; i < B; ++i) {
+    pos[i] = tp[i];
+    norm_aug[i] = ta[i];
+    norm_orig[i] = to[i];
+  }
+  if (Nq == 0) {
+    for (int64_t i = 0; i < B; ++i) {
+      gram[i * B + i] = ta[i];
+      norm_neg[i] = ta[i];
+      for (int64_t j = i + 1; j < B; ++j) gram[i * B + j] = gram[j * B + i] = tg[i * B + j];
+    }
+  } else {
+    std::copy(tg, tg + B * Nq, gram);
+    std::copy(tq, tq + Nq, norm_neg);
+  }
+}
+
+template <typename T>
+void sweep_backward(const Geometry<T>& g, const at::Tensor& coef_aa, const at::Tensor& coef_aq,
+                    const at::Tensor& coef_qa, const at::Tensor& coef_qq, const at::Tensor& coef_ap,
+                    const at::Tensor& coef_pa, const at::Tensor& coef_pp, double* grad_aug, double* grad_orig,
+                    double* grad_neg) {
+  const int64_t B = g.B, Nq = g.Nq, hw = g.h * g.w;
+  auto as_vec = [](const at::Tensor& t) {
+    at::Tensor c = t.to(at::kDouble).contiguous();
+    std::vector<T> v(c.numel());
+    const double* p = c.const_data_ptr<double>();
+    for (int64_t i = 0; i < c.numel(); ++i) v[i] = static_cast<T>(p[i]);
+    return v;
+  };
+  const std::vector<T> caa = as_vec(coef_aa), caq = as_vec(coef_aq), cqa = as_vec(coef_qa), cqq = as_vec(coef_qq),
+                       cap = as_vec(coef_ap), cpa = as_vec(coef_pa), cpp = as_vec(coef_pp);
+  const int64_t groups = std::min(kNumGroups, g.H);
+  const int64_t S = (2 * B + Nq) * hw;  // per-group partial grids: aug, orig, neg
+  std::vector<double> part(groups * S, 0.0);
+  for_each_tile(g, groups, [&](int64_t grp, int64_t y0, int64_t nr, Tiles<T>& t) {
+    double* ga = part.data() + grp * S;
+    double* go = ga + B * hw;
+    double* gq = go + B * hw;
+    const int64_t n = nr * g.W;
+    T* d = t.d.data();
+    for (int64_t i = 0; i < B; ++i) {
+      // dA_i = sum_j coef_aa[i,j] a_j + sum_k coef_aq[i,k] q_k + coef_ap[i] p_i, then masked.
+      std::fill(d, d + n, T(0));
+      for (int64_t j = 0; j < B; ++j)
+        if (caa[i * B + j] != T(0)) axpy(caa[i * B + j], t.a.data() + j * t.tile, d, n);
+      for (int64_t k = 0; k < Nq; ++k)
+        if (caq[i * Nq + k] != T(0)) axpy(caq[i * Nq + k], t.q.data() + k * t.tile, d, n);
+      axpy(cap[i], t.p.data() + i * t.tile, d, n);
+      if (g.mask.data)
+        for (int64_t r = 0; r < nr; ++r) {
+          const uint8_t* m = g.mask.row(i, y0 + r);
+          for (int64_t X = 0; X < g.W; ++X) d[r * g.W + X] = m[X * g.mask.s2] ? d[r * g.W + X] : T(0);
+        }
+      gather(d, g.uy, g.ux, g.w, g.W, y0, nr, ga + i * hw, t.row.data());
+      // dP_i = coef_pa[i] a_i + coef_pp[i] p_i through the (warped) upsampling of the original view.
+      std::fill(d, d + n, T(0));
+      axpy(cpa[i], t.a.data() + i * t.tile, d, n);
+      axpy(cpp[i], t.p.data() + i * t.tile, d, n);
+      gather(d, g.vy_of(i), g.vx_of(i), g.w, g.W, y0, nr, go + i * hw, t.row.data());
+    }
+    for (int64_t k = 0; k < Nq; ++k) {
+      std::fill(d, d + n, T(0));
+      for (int64_t i = 0; i < B; ++i)
+        if (cqa[k * B + i] != T(0)) axpy(cqa[k * B + i], t.a.data() + i * t.tile, d, n);
+      axpy(cqq[k], t.q.data() + k * t.tile, d, n);
+      if (g.neg_mask.data)
+        for (int64_t r = 0; r < nr; ++r) {
+          const uint8_t* m = g.neg_mask.row(k, y0 + r);
+          for (int64_t X = 0; X < g.W; ++X) d[r * g.W + X] = m[X * g.neg_mask.s2] ? d[r * g.W + X] : T(0);
+        }
+      gather(d, g.uy, g.ux, g.w, g.W, y0, nr, gq + k * hw, t.row.data());
+    }
+  });
+  std::fill(grad_aug, grad_aug + B * hw, 0.0);
+  std::fill(grad_orig, grad_orig + B * hw, 0.0);
+  std::fill(grad_neg, grad_neg + Nq * hw, 0.0);
+  for (int64_t grp = 0; grp < groups; ++grp) {
+    const double* src = part.data() + grp * S;
+    for (int64_t s = 0; s < B * hw; ++s) grad_aug[s] += src[s];
+    for (int64_t s = 0; s < B * hw; ++s) grad_orig[s] += src[B * hw + s];
+    for (int64_t s = 0; s < Nq * hw; ++s) grad_neg[s] += src[2 * B * hw + s];
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrast_sweep_cpu(
+    const at::Tensor& cam_aug, const at::Tensor& cam_orig, const at::Tensor& mask, const at::Tensor& uy,
+    const at::Tensor& ux, const at::Tensor& vy, const at::Tensor& vx, const at::Tensor& neg_cam,
+    const at::Tensor& neg_mask, double eps) {
+  check_sweep_inputs(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask);
+  const at::Tensor ca = cam_aug.contiguous(), co = cam_orig.contiguous(), cq = neg_cam.contiguous();
+  const int64_t B = ca.size(0), Nq = cq.size(0), NQ = Nq > 0 ? Nq : B;
+  auto opts = ca.options().dtype(at::kDouble);
+  at::Tensor gram = at::empty({B, NQ}, opts), pos = at::empty({B}, opts), na = at::empty({B}, opts),
+             np = at::empty({B}, opts), nq = at::empty({NQ}, opts);
+  AT_DISPATCH_FLOATING_TYPES(ca.scalar_type(), "contrast_sweep_cpu", [&] {
+    const auto g = make_geometry<scalar_t>(ca, co, mask, uy, ux, vy, vx, cq, neg_mask, eps);
+    sweep_forward<scalar_t>(g, gram.mutable_data_ptr<double>(), pos.mutable_data_ptr<double>(),
+                            na.mutable_data_ptr<double>(), np.mutable_data_ptr<double>(),
+                            nq.mutable_data_ptr<double>());
+  });
+  return {gram, pos, na, np, nq};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contrast_sweep_backward_cpu(
+    const at::Tensor& cam_aug, const at::Tensor& cam_orig, const at::Tensor& mask, const at::Tensor& uy,
+    const at::Tensor& ux, const at::Tensor& vy, const at::Tensor& vx, const at::Tensor& neg_cam,
+    const at::Tensor& neg_mask, double eps, const at::Tensor& coef_aa, const at::Tensor& coef_aq,
+    const at::Tensor& coef_qa, const at::Tensor& coef_qq, const at::Tensor& coef_ap, const at::Tensor& coef_pa,
+    const at::Tensor& coef_pp) {
+  check_sweep_inputs(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask);
+  const at::Tensor ca = cam_aug.contiguous(), co = cam_orig.contiguous(), cq = neg_cam.contiguous();
+  const int64_t B = ca.size(0), Nq = cq.size(0);
+  TORCH_CHECK(coef_aa.numel() == B * B && coef_aq.numel() == B * Nq && coef_qa.numel() == Nq * B &&
+                  coef_qq.numel() == Nq && coef_ap.numel() == B && coef_pa.numel() == B && coef_pp.numel() == B,
+              "contrast_sweep_backward: coefficient shapes do not match B=", B, ", N=", Nq);
+  auto opts = ca.options().dtype(at::kDouble);
+  at::Tensor ga = at::empty(ca.sizes(), opts), go = at::empty(ca.sizes(), opts), gq = at::empty(cq.sizes(), opts);
+  AT_DISPATCH_FLOATING_TYPES(ca.scalar_type(), "contrast_sweep_backward_cpu", [&] {
+    const auto g = make_geometry<scalar_t>(ca, co, mask, uy, ux, vy, vx, cq, neg_mask, eps);
+    sweep_backward<scalar_t>(g, coef_aa, coef_aq, coef_qa, coef_qq, coef_ap, coef_pa, coef_pp,
+                             ga.mutable_data_ptr<double>(), go.mutable_data_ptr<double>(),
+                             gq.mutable_data_ptr<double>());
+  });
+  return {ga, go, gq};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sgc_fast, CPU, m) {
+  m.impl("contrast_sweep", &contrast_sweep_cpu);
+  m.impl("contrast_sweep_backward", &contrast_sweep_backward_cpu);
+}
+
+}  // namespace sgc_fast

@@ -1,0 +1,36 @@
+// Operator schemas of sgc_fast. Device kernels live in cpu/ and cuda/, one file per op and device,
+// and register themselves with TORCH_LIBRARY_IMPL. Python (sgc_fast/ops.py) adds fake kernels and
+// autograd.
+//
+//   batched_cam            CAM of every sample from the target layer's activations and gradients.
+//   batched_cam_backward   its gradient w.r.t. feats and grads (not differentiable again).
+//   contrast_sweep         masked (SGC) inner products of the full-resolution maps, generated tile by
+//                          tile from the h x w CAMs; never writes an H x W map.
+//   contrast_sweep_backward  adjoint of contrast_sweep for given coefficient matrices (see
+//                          sgc_fast/contrast.py for how the coefficients follow from dlogits).
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// The module exists only so that `import sgc_fast._C` loads this library and its registrations.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(sgc_fast, m) {
+  m.def("batched_cam(Tensor feats, Tensor grads, str kind) -> Tensor");
+  m.def(
+      "batched_cam_backward(Tensor grad_cam, Tensor cam, Tensor feats, Tensor grads, str kind)"
+      " -> (Tensor, Tensor)");
+  m.def(
+      "contrast_sweep(Tensor cam_aug, Tensor cam_orig, Tensor mask, Tensor uy, Tensor ux, Tensor vy,"
+      " Tensor vx, Tensor neg_cam, Tensor neg_mask, float eps)"
+      " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "contrast_sweep_backward(Tensor cam_aug, Tensor cam_orig, Tensor mask, Tensor uy, Tensor ux,"
+      " Tensor vy, Tensor vx, Tensor neg_cam, Tensor neg_mask, float eps, Tensor coef_aa,"
+      " Tensor coef_aq, Tensor coef_qa, Tensor coef_qq, Tensor coef_ap, Tensor coef_pa,"
+      " Tensor coef_pp) -> (Tensor, Tensor, Tensor)");
+}

@@ -1,0 +1,231 @@
+"""Device-independent math of the fused ``contrast_logits``, shared by every fused backend.
+
+The full-resolution vectors of :mod:`sgc_fast.reference` are linear in the *sum-normalised* CAMs
+``ct = c / (w.c + eps)`` (``w = U^T 1``, so ``w.c`` is the sum of the upsampled map):
+
+    a_i = mask_i . (U ct_aug_i + eps),   p_i = V_i ct_orig_i + eps,   q_k = neg_mask_k . (U ct_neg_k + eps)
+
+with ``U = Uy (x) Ux`` the bilinear upsampling and ``V_i = Vy_i (x) Vx_i`` the upsampling composed with
+sample i's crop/resize/flip (``V = U`` without a crop). Everything the logits need are the inner
+products of these vectors (the *stats*): ``gram = a.q`` (``a.a`` without separate negatives),
+``pos = a.p`` and the squared norms. A backend supplies them in one of two ways:
+
+* **low resolution** (no mask): closed forms on the h x w grid, e.g.
+  ``a_i.a_j = ct_i^T M ct_j + eps (w.ct_i + w.ct_j) + eps^2 H W`` with ``M = Uy^T Uy (x) Ux^T Ux``;
+  never touches an H x W pixel (this module, float64);
+* **sweep** (mask): a kernel that regenerates pixel tiles from the CAMs and accumulates the stats
+  (``contrast_sweep``; the C++ and Triton backends each have one).
+
+Backward: the gradient of the logits w.r.t. the normalised vectors, pushed through the L2
+normalisations, is a *linear combination of the same vectors* (:func:`coefficients`):
+``dA = C_aa A + C_aq Q + diag(c_ap) P``, ``dP = diag(c_pa) A + diag(c_pp) P``,
+``dQ = C_qa A + diag(c_qq) Q``. Pulling these fields back through masks and upsampling gives the
+gradient w.r.t. ``ct`` (again low-resolution or swept), and :func:`unnormalise_grad` finishes the
+chain to the raw CAMs. The backward itself is not differentiable again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import torch
+
+from .interp import upsample_matrix, warp_matrices
+from .reference import NORM_EPS
+
+__all__ = [
+    "Problem", "prepare", "logits_from_stats", "coefficients", "lowres_stats", "lowres_grads", "unnormalise_grad",
+]
+
+
+@dataclass
+class Problem:
+    """Everything both passes need, in float64 unless noted (all tensors are tiny)."""
+
+    ct_aug: torch.Tensor  # [B, h, w]
+    ct_orig: torch.Tensor  # [B, h, w]
+    ct_neg: torch.Tensor  # [N, h, w]; N = 0 without separate negatives
+    sum_aug: torch.Tensor  # [B]   w.c + eps of the raw CAMs (the normaliser)
+    sum_orig: torch.Tensor
+    sum_neg: torch.Tensor
+    uy: torch.Tensor  # [H, h]
+    ux: torch.Tensor  # [W, w]
+    vy: torch.Tensor  # [B or 1, H, h]
+    vx: torch.Tensor  # [B or 1, W, w]
+    weight: torch.Tensor  # [h, w]  w = U^T 1
+    eps: float
+    H: int
+    W: int
+
+    @property
+    def B(self) -> int:
+        return self.ct_aug.shape[0]
+
+    @property
+    def separate(self) -> bool:
+        return self.ct_neg.shape[0] > 0
+
+
+def prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps) -> Problem:
+    """Interpolation matrices and sum-normalised CAMs (float64)."""
+    H, W = int(size[0]), int(size[1])
+    _, h, w = cam_aug.shape
+    dev = cam_aug.device
+    f64 = torch.float64
+    uy = upsample_matrix(H, h, f64, dev)
+    ux = upsample_matrix(W, w, f64, dev)
+    if crop is not None:
+        vy, vx = warp_matrices(crop, flip, (H, W), (h, w), f64)
+    else:
+        vy, vx = uy[None], ux[None]
+    weight = torch.outer(uy.sum(0), ux.sum(0))
+    if neg_cam is None:
+        neg_cam = cam_aug.new_zeros((0, h, w))
+
+    def normalise(c):
+        c = c.to(f64)
+        s = (c * weight).sum((1, 2)) + eps
+        return c / s[:, None, None], s
+
+    ct_aug, s_aug = normalise(cam_aug)
+    ct_orig, s_orig = normalise(cam_orig)
+    ct_neg, s_neg = normalise(neg_cam)
+    return Problem(ct_aug, ct_orig, ct_neg, s_aug, s_orig, s_neg, uy, ux, vy, vx, weight, eps, H, W)
+
+
+def _sep(my: torch.Tensor, c: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
+    """``my @ c @ mx^T`` batched over c's first axis (my/mx may be batched too)."""
+    return my @ c @ mx.transpose(-1, -2)
+
+
+def _inner(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (x * y).flatten(1).sum(1)
+
+
+def lowres_stats(pb: Problem):
+    """Stats of the unmasked problem in closed form on the h x w grid: (gram, pos, |a|^2, |p|^2, |q|^2)."""
+    eps, HW = pb.eps, pb.H * pb.W
+    My, Mx = pb.uy.T @ pb.uy, pb.ux.T @ pb.ux
+    r_aug = _inner(pb.ct_aug, pb.weight.expand_as(pb.ct_aug))
+    m_aug = _sep(My, pb.ct_aug, Mx)  # M ct_aug
+    cols, r_cols = (pb.ct_neg, _inner(pb.ct_neg, pb.weight.expand_as(pb.ct_neg))) if pb.separate else (pb.ct_aug, r_aug)
+    gram = m_aug.flatten(1) @ cols.flatten(1).T + eps * (r_aug[:, None] + r_cols[None, :]) + eps * eps * HW
+    # V_i ct_orig_i, its total rho_i, and the mixed products U^T V_i and V_i^T V_i.
+    rho = _inner(pb.ct_orig, _col_sums(pb).expand_as(pb.ct_orig))
+    uv = _sep(pb.uy.T @ pb.vy, pb.ct_orig, pb.ux.T @ pb.vx)  # U^T V_i ct_orig_i
+    vv = _sep(pb.vy.transpose(1, 2) @ pb.vy, pb.ct_orig, pb.vx.transpose(1, 2) @ pb.vx)  # V^T V ct_orig
+    pos = _inner(pb.ct_aug, uv) + eps * (r_aug + rho) + eps * eps * HW
+    norm_aug = _inner(pb.ct_aug, m_aug) + 2 * eps * r_aug + eps * eps * HW
+    norm_orig = _inner(pb.ct_orig, vv) + 2 * eps * rho + eps * eps * HW
+    if pb.separate:
+        norm_neg = _inner(pb.ct_neg, _sep(My, pb.ct_neg, Mx)) + 2 * eps * r_cols + eps * eps * HW
+    else:
+        norm_neg = norm_aug
+    return gram, pos, norm_aug, norm_orig, norm_neg
+
+
+def _col_sums(pb: Problem) -> torch.Tensor:
+    """``V_i^T 1`` as ``[B or 1, h, w]``: how much each CAM cell contributes to the warped map's total."""
+    return pb.vy.sum(1)[:, :, None] * pb.vx.sum(1)[:, None, :]
+
+
+def _scales(norm_sq: torch.Tensor):
+    """Raw norms -> (1 / max(norm, 1e-12), whether the norm is above the floor)."""
+    n = norm_sq.clamp_min(0).sqrt()
+    return 1.0 / n.clamp_min(NORM_EPS), n > NORM_EPS
+
+
+def logits_from_stats(stats, separate: bool, self_index, temperature: float, out_dtype: torch.dtype) -> torch.Tensor:
+    """Cosines from the stats, laid out as the logits (see reference.contrast_logits), divided by T."""
+    gram, pos, norm_aug, norm_orig, norm_neg = stats
+    s_a, _ = _scales(norm_aug)
+    s_p, _ = _scales(norm_orig)
+    s_q, _ = _scales(norm_neg)
+    cos = gram * s_a[:, None] * s_q[None, :]
+    cos_pos = pos * s_a * s_p
+    B = cos.shape[0]
+    if not separate:
+        off = ~torch.eye(B, dtype=torch.bool, device=cos.device)
+        neg = cos[off].view(B, B - 1)
+    else:
+        neg = cos
+        if self_index is not None:
+            neg = neg.masked_fill(_self_mask(neg, self_index), float("-inf"))
+    return (torch.cat([cos_pos[:, None], neg], 1) / temperature).to(out_dtype)
+
+
+def _self_mask(neg: torch.Tensor, self_index: torch.Tensor) -> torch.Tensor:
+    cols = torch.arange(neg.shape[1], device=neg.device)
+    return cols[None, :] == self_index.to(neg.device)[:, None]
+
+
+def coefficients(stats, separate: bool, grad_logits: torch.Tensor, self_index, temperature: float):
+    """Coefficients of the pixel-space gradient fields (see the module docstring), float64.
+
+    Returns (c_aa [B,B], c_aq [B,N], c_qa [N,B], c_qq [N], c_ap [B], c_pa [B], c_pp [B]).
+    """
+    gram, pos, norm_aug, norm_orig, norm_neg = stats
+    g = grad_logits.to(torch.float64) / temperature
+    B = gram.shape[0]
+    s_a, on_a = _scales(norm_aug)
+    s_p, on_p = _scales(norm_orig)
+    s_q, on_q = _scales(norm_neg)
+    cos = gram * s_a[:, None] * s_q[None, :]
+    cos_pos = pos * s_a * s_p
+    q = g[:, 0]  # d loss / d (a_hat . p_hat)
+    z = gram.new_zeros(())
+    if separate:
+        d = g[:, 1:]
+        if self_index is not None:
+            d = d.masked_fill(_self_mask(d, self_index), 0.0)
+        kappa_a = (d * cos).sum(1) + q * cos_pos  # a_hat . d(a_hat)
+        kappa_q = (d * cos).sum(0)  # n_hat . d(n_hat)
+        c_aq = s_a[:, None] * d * s_q[None, :]
+        c_qa = c_aq.T.contiguous()
+        c_qq = -torch.where(on_q, kappa_q * s_q * s_q, z)
+        c_aa = torch.diag(-torch.where(on_a, kappa_a * s_a * s_a, z))
+    else:
+        # Place row i's negative columns at (i, j != i), symmetrise: a_hat_i . a_hat_j appears in rows i and j.
+        d = g.new_zeros(B, B)
+        d[~torch.eye(B, dtype=torch.bool, device=g.device)] = g[:, 1:].reshape(-1)
+        s = d + d.T
+        kappa_a = (s * cos).sum(1) + q * cos_pos
+        c_aa = s_a[:, None] * s * s_a[None, :] - torch.diag(torch.where(on_a, kappa_a * s_a * s_a, z))
+        c_aq = g.new_zeros(B, 0)
+        c_qa = g.new_zeros(0, B)
+        c_qq = g.new_zeros(0)
+    c_ap = q * s_a * s_p
+    c_pa = c_ap
+    c_pp = -torch.where(on_p, q * cos_pos * s_p * s_p, z)
+    return c_aa, c_aq, c_qa, c_qq, c_ap, c_pa, c_pp
+
+
+def lowres_grads(pb: Problem, coefs):
+    """Gradients w.r.t. (ct_aug, ct_orig, ct_neg) of the unmasked problem, on the h x w grid."""
+    c_aa, c_aq, c_qa, c_qq, c_ap, c_pa, c_pp = coefs
+    eps = pb.eps
+    My, Mx = pb.uy.T @ pb.uy, pb.ux.T @ pb.ux
+    w = pb.weight
+    # U^T a_j = M ct_j + eps w ; U^T p_i = U^T V_i ct_orig_i + eps w ; V_i^T a_i, V_i^T p_i likewise.
+    ut_a = _sep(My, pb.ct_aug, Mx) + eps * w
+    ut_p = _sep(pb.uy.T @ pb.vy, pb.ct_orig, pb.ux.T @ pb.vx) + eps * w
+    vt1 = _col_sums(pb)
+    vt_a = _sep(pb.vy.transpose(1, 2) @ pb.uy, pb.ct_aug, pb.vx.transpose(1, 2) @ pb.ux) + eps * vt1
+    vt_p = _sep(pb.vy.transpose(1, 2) @ pb.vy, pb.ct_orig, pb.vx.transpose(1, 2) @ pb.vx) + eps * vt1
+    B, h, wd = pb.ct_aug.shape
+    g_aug = (c_aa @ ut_a.flatten(1)).view(B, h, wd) + c_ap[:, None, None] * ut_p
+    g_orig = c_pa[:, None, None] * vt_a + c_pp[:, None, None] * vt_p
+    if pb.separate:
+        ut_q = _sep(My, pb.ct_neg, Mx) + eps * w
+        g_aug = g_aug + (c_aq @ ut_q.flatten(1)).view(B, h, wd)
+        g_neg = (c_qa @ ut_a.flatten(1)).view(-1, h, wd) + c_qq[:, None, None] * ut_q
+    else:
+        g_neg = pb.ct_neg
+    return g_aug, g_orig, g_neg
+
+
+def unnormalise_grad(grad_ct: torch.Tensor, cam: torch.Tensor, total: torch.Tensor, weight: torch.Tensor):
+    """Chain d/d(ct) to d/d(cam) for ``ct = cam / total``, ``total = w.cam + eps``."""
+    cam = cam.to(torch.float64)
+    inner = _inner(grad_ct, cam) / (total * total)
+    return grad_ct / total[:, None, None] - inner[:, None, None] * weight
+

@@ -1,0 +1,520 @@
+"""The two fused ops, their fake kernels and autograd, and backend routing.
+
+Backends:
+
+- ``reference``: :mod:`sgc_fast.reference`, plain PyTorch, always available;
+- ``cpu`` / ``cuda``: the C++ extension ``sgc_fast._C`` (ops ``sgc_fast::batched_cam`` and
+  ``sgc_fast::contrast_logits``; the CUDA kernels only when the extension was built with them);
+- ``triton``: Triton kernels (:mod:`sgc_fast.triton`), CUDA tensors, or CPU tensors under
+  ``TRITON_INTERPRET=1``.
+
+Routing happens above the dispatcher: an explicit ``backend=`` wins, then the environment variable
+``SGC_FAST_BACKEND``, then the automatic choice (CUDA tensors: cuda if built, else triton; CPU
+tensors: cpu if built, else reference). An explicitly requested backend that cannot run raises an
+error that says why; :func:`explain_backends` reports why each candidate was or was not usable.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import contrast, reference
+
+__all__ = ["BACKENDS", "available_backends", "explain_backends", "resolve_backend", "batched_cam", "contrast_logits"]
+
+BACKENDS = ("reference", "cpu", "cuda", "triton")
+
+try:  # the compiled extension registers the ops' schemas and kernels
+    from . import _C  # noqa: F401
+
+    _EXT_ERROR: Optional[str] = None
+except ImportError as exc:  # pragma: no cover - exercised only without a build
+    _EXT_ERROR = f"extension sgc_fast._C not built ({exc})"
+
+
+def _has_kernel(op: str, key: str) -> bool:
+    return _EXT_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key(f"sgc_fast::{op}", key)
+
+
+def _triton_reason(device: torch.device) -> Optional[str]:
+    try:
+        from . import triton as sgc_triton
+    except ImportError as exc:
+        return f"Triton kernels unavailable ({exc})"
+    return sgc_triton.unavailable_reason(device)
+
+
+def _reason(backend: str, device: torch.device) -> Optional[str]:
+    """Why ``backend`` cannot run on ``device`` (None if it can)."""
+    if backend == "reference":
+        return None
+    if backend == "cpu":
+        if device.type != "cpu":
+            return f"tensors on {device}"
+        return _EXT_ERROR
+    if backend == "cuda":
+        if device.type != "cuda":
+            return f"tensors on {device}"
+        if _EXT_ERROR is not None:
+            return _EXT_ERROR
+        if not _has_kernel("batched_cam", "CUDA"):
+            return "extension built without CUDA kernels (rebuild with FORCE_CUDA=1)"
+        return None
+    if backend == "triton":
+        return _triton_reason(device)
+    raise ValueError(f"backend: expected one of {BACKENDS} or None, got {backend!r}")
+
+
+def explain_backends(device: torch.device | str = "cpu") -> dict[str, str]:
+    """``{backend: "ok" | why not}`` for tensors on ``device``."""
+    device = torch.device(device)
+    return {b: _reason(b, device) or "ok" for b in BACKENDS}
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    return [b for b, why in explain_backends(device).items() if why == "ok"]
+
+
+def resolve_backend(backend: Optional[str], device: torch.device) -> str:
+    """The backend that will run for tensors on ``device``."""
+    if backend is None:
+        backend = os.environ.get("SGC_FAST_BACKEND") or None
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend: expected one of {BACKENDS} or None, got {backend!r}")
+        why = _reason(backend, device)
+        if why is not None:
+            raise RuntimeError(f"backend: {backend!r} cannot run: {why}")
+        return backend
+    order = ("cuda", "triton") if device.type == "cuda" else ("cpu", "reference")
+    reasons = []
+    for b in order:
+        why = _reason(b, device)
+        if why is None:
+            return b
+        reasons.append(f"{b}: {why}")
+    if device.type == "cuda":
+        return "reference"
+    raise RuntimeError("no backend can run: " + "; ".join(reasons))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# batched_cam
+# ----------------------------------------------------------------------------------------------------------------
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _cam_dtype(feats: torch.Tensor, grads: torch.Tensor) -> torch.dtype:
+    return torch.float64 if torch.float64 in (feats.dtype, grads.dtype) else torch.float32
+
+
+def _check_cam_inputs(feats: torch.Tensor, grads: torch.Tensor, kind: str) -> None:
+    if kind not in ("hires", "grad"):
+        raise ValueError(f"kind: expected 'hires' or 'grad', got {kind!r}")
+    if not isinstance(feats, torch.Tensor) or feats.dim() != 4:
+        raise ValueError(f"feats: expected a [B, K, h, w] tensor, got {_describe(feats)}")
+    if not isinstance(grads, torch.Tensor) or grads.dim() not in (2, 4):
+        raise ValueError(f"grads: expected a [B, K, h, w] tensor, got {_describe(grads)}")
+    if feats.dtype not in _FLOATS:
+        raise TypeError(f"feats: expected a floating dtype, got {feats.dtype}")
+    if grads.dtype not in _FLOATS:
+        raise TypeError(f"grads: expected a floating dtype, got {grads.dtype}")
+    want = tuple(feats.shape) if grads.dim() == 4 else tuple(feats.shape[:2])
+    if tuple(grads.shape) != want:
+        raise ValueError(f"grads: expected shape {list(want)} (from feats), got {list(grads.shape)}")
+    if grads.device != feats.device:
+        raise ValueError(f"grads: on {grads.device}, but feats on {feats.device}")
+    if feats.shape[0] == 0 or feats.shape[2] == 0 or feats.shape[3] == 0:
+        raise ValueError(f"feats: empty shape {list(feats.shape)}")
+
+
+def _describe(x) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"{x.dtype} tensor of shape {list(x.shape)}"
+    return type(x).__name__
+
+
+def compact_grads(grads: torch.Tensor) -> torch.Tensor:
+    """The ``[B, K]`` form of a gradient that is constant over space, else ``grads`` unchanged.
+
+    A spatially expanded (stride-0) view such as :func:`sgc_fast.head_grads` returns is replaced by the
+    compact tensor it views, so that gradients flow to that tensor without a full-size ``dG``.
+    """
+    if grads.dim() != 4 or grads.stride(2) != 0 or grads.stride(3) != 0:
+        return grads
+    B, K = grads.shape[:2]
+    base = grads._base
+    if base is None or base.numel() != B * K or base.storage_offset() != grads.storage_offset():
+        if grads.requires_grad:
+            return grads  # no compact tensor to hand gradients to: keep the general path
+        return grads[:, :, 0, 0]
+    compact = base.reshape(B, K)
+    if compact.stride() != grads.stride()[:2]:
+        return grads
+    return compact
+
+
+if _EXT_ERROR is None:
+
+    @torch.library.register_fake("sgc_fast::batched_cam")
+    def _batched_cam_fake(feats, grads, kind):
+        torch._check(feats.dim() == 4, lambda: "feats: expected [B, K, h, w]")
+        torch._check(grads.dim() in (2, 4), lambda: "grads: expected [B, K, h, w] or [B, K]")
+        torch._check(grads.shape[0] == feats.shape[0] and grads.shape[1] == feats.shape[1], lambda: "grads: shape")
+        B, _, h, w = feats.shape
+        return feats.new_empty((B, h, w), dtype=_cam_dtype(feats, grads))
+
+    @torch.library.register_fake("sgc_fast::batched_cam_backward")
+    def _batched_cam_backward_fake(grad_cam, cam, feats, grads, kind):
+        return torch.empty_like(feats), torch.empty_like(grads)
+
+    def _batched_cam_setup(ctx, inputs, output):
+        feats, grads, kind = inputs
+        ctx.kind = kind
+        ctx.save_for_backward(feats, grads, output)
+
+    def _batched_cam_backward(ctx, grad_cam):
+        feats, grads, cam = ctx.saved_tensors
+        d_feats, d_grads = torch.ops.sgc_fast.batched_cam_backward(grad_cam, cam, feats, grads, ctx.kind)
+        return d_feats, d_grads, None
+
+    torch.library.register_autograd(
+        "sgc_fast::batched_cam", _batched_cam_backward, setup_context=_batched_cam_setup
+    )
+
+
+def batched_cam(feats: torch.Tensor, grads: torch.Tensor, kind: str = "hires", backend: Optional[str] = None):
+    """CAM of every sample, ``[B, K, h, w], [B, K, h, w] -> [B, h, w]`` (float32; float64 for float64).
+
+    ``kind="hires"``: ``relu(sum_k grads * feats)`` (what SGC/CGC train with); ``kind="grad"``: classic
+    Grad-CAM, ``relu(sum_k mean_p(grads) * feats)``. ``grads`` may be any strided tensor; a spatially
+    expanded view (:func:`sgc_fast.head_grads`) takes a path that never writes a full-size gradient.
+    """
+    _check_cam_inputs(feats, grads, kind)
+    backend = resolve_backend(backend, feats.device)
+    if backend == "reference":
+        if grads.dim() == 2:
+            grads = grads[:, :, None, None].expand_as(feats)
+        return reference.batched_cam(feats, grads, kind)
+    grads = compact_grads(grads)
+    if backend == "triton":
+        from . import triton as sgc_triton
+
+        return sgc_triton.batched_cam(feats, grads, kind)
+    return torch.ops.sgc_fast.batched_cam(feats, grads, kind)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# contrast_logits
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _as_mask_bytes(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """uint8 view (bool, uint8: no copy) or nonzero-test copy (other dtypes) of a mask."""
+    if mask is None:
+        return None
+    if mask.dtype == torch.uint8:
+        return mask
+    if mask.dtype == torch.bool:
+        return mask.view(torch.uint8)
+    return (mask != 0).to(torch.uint8)
+
+
+def kernel_dtype(*cams: Optional[torch.Tensor]) -> torch.dtype:
+    return torch.float64 if any(c is not None and c.dtype == torch.float64 for c in cams) else torch.float32
+
+
+def pack_stats(stats) -> torch.Tensor:
+    return torch.cat([s.reshape(-1) for s in stats])
+
+
+def unpack_stats(packed: torch.Tensor, B: int, NQ: int):
+    gram, pos, na, np_, nq = packed.split([B * NQ, B, B, B, NQ])
+    return gram.view(B, NQ), pos, na, np_, nq
+
+
+def contrast_forward(sweep, cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, size, temperature, eps):
+    """Shared forward of the fused backends: ``sweep(problem, mask_u8, neg_mask_u8, dtype) -> stats``
+    runs the masked case; the unmasked case uses the low-resolution closed form."""
+    pb = contrast.prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps)
+    if mask is None:
+        stats = contrast.lowres_stats(pb)
+    else:
+        stats = sweep(pb, _as_mask_bytes(mask), _as_mask_bytes(neg_mask), kernel_dtype(cam_orig, cam_aug, neg_cam))
+    logits = contrast.logits_from_stats(stats, pb.separate, self_index, temperature, kernel_dtype(cam_orig, cam_aug, neg_cam))
+    return logits, pack_stats(stats)
+
+
+def contrast_backward(sweep_backward, grad_logits, packed, cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask,
+                      self_index, size, temperature, eps):
+    """Shared backward of the fused backends: gradients w.r.t. (cam_orig, cam_aug, neg_cam)."""
+    pb = contrast.prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps)
+    NQ = pb.ct_neg.shape[0] if pb.separate else pb.B
+    stats = unpack_stats(packed, pb.B, NQ)
+    coefs = contrast.coefficients(stats, pb.separate, grad_logits, self_index, temperature)
+    if mask is None:
+        g_aug, g_orig, g_neg = contrast.lowres_grads(pb, coefs)
+    else:
+        g_aug, g_orig, g_neg = sweep_backward(
+            pb, _as_mask_bytes(mask), _as_mask_bytes(neg_mask), coefs, kernel_dtype(cam_orig, cam_aug, neg_cam)
+        )
+    d_orig = contrast.unnormalise_grad(g_orig, cam_orig, pb.sum_orig, pb.weight).to(cam_orig.dtype)
+    d_aug = contrast.unnormalise_grad(g_aug, cam_aug, pb.sum_aug, pb.weight).to(cam_aug.dtype)
+    d_neg = None
+    if neg_cam is not None:
+        d_neg = contrast.unnormalise_grad(g_neg, neg_cam, pb.sum_neg, pb.weight).to(neg_cam.dtype)
+    return d_orig, d_aug, d_neg
+
+
+def _sweep_args(pb, mask_u8, neg_mask_u8, dtype):
+    H, W = pb.H, pb.W
+    neg = pb.ct_neg.to(dtype)
+    if neg_mask_u8 is None:
+        neg_mask_u8 = torch.zeros((0, H, W), dtype=torch.uint8, device=mask_u8.device)
+    return (pb.ct_aug.to(dtype), pb.ct_orig.to(dtype), mask_u8, pb.uy.to(dtype), pb.ux.to(dtype), pb.vy.to(dtype),
+            pb.vx.to(dtype), neg, neg_mask_u8, float(pb.eps))
+
+
+def _cpp_sweep(pb, mask_u8, neg_mask_u8, dtype):
+    return torch.ops.sgc_fast.contrast_sweep(*_sweep_args(pb, mask_u8, neg_mask_u8, dtype))
+
+
+def _cpp_sweep_backward(pb, mask_u8, neg_mask_u8, coefs, dtype):
+    return torch.ops.sgc_fast.contrast_sweep_backward(*_sweep_args(pb, mask_u8, neg_mask_u8, dtype), *coefs)
+
+
+def _logits_shape(cam_aug, neg_cam):
+    B = cam_aug.shape[0]
+    return (B, B) if neg_cam is None else (B, 1 + neg_cam.shape[0])
+
+
+def _stats_numel(cam_aug, neg_cam):
+    B = cam_aug.shape[0]
+    NQ = B if neg_cam is None else neg_cam.shape[0]
+    return B * NQ + 3 * B + NQ
+
+
+@torch.library.custom_op("sgc_fast::contrast_logits", mutates_args=())
+def _contrast_logits_op(
+    cam_orig: torch.Tensor,
+    cam_aug: torch.Tensor,
+    mask: Optional[torch.Tensor],
+    crop: Optional[torch.Tensor],
+    flip: Optional[torch.Tensor],
+    neg_cam: Optional[torch.Tensor],
+    neg_mask: Optional[torch.Tensor],
+    self_index: Optional[torch.Tensor],
+    size: list[int],
+    temperature: float,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (logits, stats); stats are the float64 inner products kept for the backward."""
+    return contrast_forward(_cpp_sweep, cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, size,
+                            temperature, eps)
+
+
+@_contrast_logits_op.register_fake
+def _(cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, size, temperature, eps):
+    dt = kernel_dtype(cam_orig, cam_aug, neg_cam)
+    logits = cam_aug.new_empty(_logits_shape(cam_aug, neg_cam), dtype=dt)
+    return logits, cam_aug.new_empty((_stats_numel(cam_aug, neg_cam),), dtype=torch.float64)
+
+
+def _contrast_setup(ctx, inputs, output):
+    cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, size, temperature, eps = inputs
+    ctx.size, ctx.temperature, ctx.eps = size, temperature, eps
+    ctx.save_for_backward(cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, output[1])
+
+
+def _contrast_backward(ctx, grad_logits, grad_stats):
+    cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, packed = ctx.saved_tensors
+    d_orig, d_aug, d_neg = contrast_backward(
+        _cpp_sweep_backward, grad_logits, packed, cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask,
+        self_index, ctx.size, ctx.temperature, ctx.eps,
+    )
+    return d_orig, d_aug, None, None, None, d_neg, None, None, None, None, None
+
+
+_contrast_logits_op.register_autograd(_contrast_backward, setup_context=_contrast_setup)
+
+if _EXT_ERROR is None:
+
+    @torch.library.register_fake("sgc_fast::contrast_sweep")
+    def _contrast_sweep_fake(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask, eps):
+        B = cam_aug.shape[0]
+        NQ = neg_cam.shape[0] if neg_cam.shape[0] > 0 else B
+        f = cam_aug.new_empty
+        d = torch.float64
+        return f((B, NQ), dtype=d), f((B,), dtype=d), f((B,), dtype=d), f((B,), dtype=d), f((NQ,), dtype=d)
+
+    @torch.library.register_fake("sgc_fast::contrast_sweep_backward")
+    def _contrast_sweep_backward_fake(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask, eps, *coefs):
+        d = torch.float64
+        return (cam_aug.new_empty(cam_aug.shape, dtype=d), cam_aug.new_empty(cam_aug.shape, dtype=d),
+                cam_aug.new_empty(neg_cam.shape, dtype=d))
+
+
+def check_contrast_args(cam_orig, cam_aug, mask, crop, flip, size, temperature, eps, neg_cam, neg_mask, self_index):
+    """Validate contrast_logits' arguments; raise a one-line error naming the argument."""
+    for name, c in (("cam_orig", cam_orig), ("cam_aug", cam_aug)):
+        if not isinstance(c, torch.Tensor) or c.dim() != 3:
+            raise ValueError(f"{name}: expected a [B, h, w] tensor, got {_describe(c)}")
+        if c.dtype not in _FLOATS:
+            raise TypeError(f"{name}: expected a floating dtype, got {c.dtype}")
+    if cam_orig.shape != cam_aug.shape:
+        raise ValueError(f"cam_aug: shape {list(cam_aug.shape)} does not match cam_orig {list(cam_orig.shape)}")
+    dev = cam_aug.device
+    if cam_orig.device != dev:
+        raise ValueError(f"cam_orig: on {cam_orig.device}, but cam_aug on {dev}")
+    B, h, w = cam_aug.shape
+    if h == 0 or w == 0:
+        raise ValueError(f"cam_aug: empty map of shape {list(cam_aug.shape)}")
+    try:
+        H, W = (int(s) for s in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"size: expected (H, W), got {size!r}") from None
+    if H <= 0 or W <= 0:
+        raise ValueError(f"size: expected positive (H, W), got {size!r}")
+    if not (isinstance(temperature, (int, float)) and temperature > 0 and temperature != float("inf")):
+        raise ValueError(f"temperature: expected a positive finite number, got {temperature!r}")
+    if not (isinstance(eps, (int, float)) and 0 < eps < float("inf")):
+        raise ValueError(f"eps: expected a positive finite number, got {eps!r}")
+    if mask is not None:
+        _check_tensor("mask", mask, (B, H, W), dev, _MASK_DTYPES)
+    if crop is None and flip is not None:
+        raise ValueError("flip: given without crop (pass both, or neither)")
+    if crop is not None:
+        if flip is None:
+            raise ValueError("crop: given without flip (pass flip=torch.zeros(B, dtype=torch.bool) for no flips)")
+        _check_tensor("crop", crop, (B, 4), dev, _INT_DTYPES)
+        _check_tensor("flip", flip, (B,), dev, (torch.bool,))
+        top, left, ch, cw = crop.unbind(1)
+        bad = (top < 0) | (left < 0) | (ch < 1) | (cw < 1) | (top + ch > H) | (left + cw > W)
+        if bool(bad.any()):
+            b = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"crop: box {crop[b].tolist()} of sample {b} is empty or outside the {H}x{W} map "
+                "(expected top, left >= 0, height, width >= 1, top + height <= H, left + width <= W)"
+            )
+    if neg_cam is None:
+        if neg_mask is not None:
+            raise ValueError("neg_mask: given without neg_cam")
+        if self_index is not None:
+            raise ValueError("self_index: given without neg_cam")
+        if B < 2:
+            raise ValueError(f"cam_aug: batch of {B}; the in-batch negatives need B >= 2 (or pass neg_cam)")
+        return
+    if not isinstance(neg_cam, torch.Tensor) or neg_cam.dim() != 3 or tuple(neg_cam.shape[1:]) != (h, w):
+        raise ValueError(f"neg_cam: expected a [N, {h}, {w}] tensor, got {_describe(neg_cam)}")
+    if neg_cam.dtype not in _FLOATS:
+        raise TypeError(f"neg_cam: expected a floating dtype, got {neg_cam.dtype}")
+    if neg_cam.device != dev:
+        raise ValueError(f"neg_cam: on {neg_cam.device}, but cam_aug on {dev}")
+    N = neg_cam.shape[0]
+    if N < 1:
+        raise ValueError("neg_cam: expected at least one negative")
+    if mask is not None and neg_mask is None:
+        raise ValueError("neg_mask: required when mask is given (the negatives are masked maps too)")
+    if mask is None and neg_mask is not None:
+        raise ValueError("neg_mask: given without mask")
+    if neg_mask is not None:
+        _check_tensor("neg_mask", neg_mask, (N, H, W), dev, _MASK_DTYPES)
+    if self_index is not None:
+        _check_tensor("self_index", self_index, (B,), dev, _INT_DTYPES)
+        if bool(((self_index < -1) | (self_index >= N)).any()):
+            raise ValueError(f"self_index: values must lie in [-1, {N}), got {self_index.tolist()}")
+
+
+_MASK_DTYPES = (torch.bool, torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def _check_tensor(name, t, shape, device, dtypes) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a tensor of shape {list(shape)}, got {type(t).__name__}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {list(shape)}, got {list(t.shape)}")
+    if t.dtype not in dtypes:
+        raise TypeError(f"{name}: expected dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
+    if t.device != device:
+        raise ValueError(f"{name}: on {t.device}, but the CAMs on {device}")
+
+
+def contrast_logits(
+    cam_orig: torch.Tensor,
+    cam_aug: torch.Tensor,
+    *,
+    mask: Optional[torch.Tensor] = None,
+    crop: Optional[torch.Tensor] = None,
+    flip: Optional[torch.Tensor] = None,
+    size: tuple[int, int] = (224, 224),
+    temperature: float = 0.5,
+    eps: float = 1e-8,
+    neg_cam: Optional[torch.Tensor] = None,
+    neg_mask: Optional[torch.Tensor] = None,
+    self_index: Optional[torch.Tensor] = None,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Saliency-contrast logits of two views' CAMs, already divided by ``temperature``.
+
+    Args:
+        cam_orig, cam_aug: ``[B, h, w]`` CAMs of the original and the second view.
+        mask: ``[B, H, W]`` saliency mask of the second view (SGC), nonzero = salient.
+        crop: ``[B, 4]`` integer ``(top, left, height, width)`` of the second view inside the ``H x W``
+            original (CGC); ``flip``: ``[B]`` bool, the crop was mirrored. Mask and crop may be combined.
+        size: ``(H, W)``, the map size (the image size for CGC).
+        neg_cam: ``[N, h, w]`` separate negatives (e.g. gathered from all processes), ``neg_mask``
+            ``[N, H, W]`` their masks (required with ``mask``), ``self_index`` ``[B]`` the column of
+            row b's own map among them, or -1.
+
+    Returns:
+        ``[B, B]`` logits (column 0 the positive, then the other samples in ascending order), or
+        ``[B, 1 + N]`` with separate negatives (``-inf`` at ``1 + self_index[b]``); float32, float64 for
+        float64 CAMs.
+    """
+    check_contrast_args(cam_orig, cam_aug, mask, crop, flip, size, temperature, eps, neg_cam, neg_mask, self_index)
+    size = (int(size[0]), int(size[1]))
+    backend = resolve_backend(backend, cam_aug.device)
+    if backend == "reference":
+        return reference.contrast_logits(
+            cam_orig, cam_aug, mask=mask, crop=crop, flip=flip, size=size, temperature=temperature, eps=eps,
+            neg_cam=neg_cam, neg_mask=neg_mask, self_index=self_index,
+        )
+    args = (cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, list(size), float(temperature),
+            float(eps))
+    if backend == "triton":
+        from . import triton as sgc_triton
+
+        return sgc_triton.contrast_logits(*args)
+    return _contrast_logits_op(*args)[0]
+
+
+def saliency_contrast_loss(
+    feats_orig: torch.Tensor,
+    grads_orig: torch.Tensor,
+    feats_aug: torch.Tensor,
+    grads_aug: torch.Tensor,
+    *,
+    kind: str = "hires",
+    mask: Optional[torch.Tensor] = None,
+    crop: Optional[torch.Tensor] = None,
+    flip: Optional[torch.Tensor] = None,
+    size: tuple[int, int] = (224, 224),
+    temperature: float = 0.5,
+    eps: float = 1e-8,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """The contrastive term: InfoNCE over :func:`contrast_logits` of both views' CAMs (cross-entropy
+    against column 0, mean over rows). Scalar, float32."""
+    cam_orig = batched_cam(feats_orig, grads_orig, kind, backend=backend)
+    cam_aug = batched_cam(feats_aug, grads_aug, kind, backend=backend)
+    logits = contrast_logits(
+        cam_orig, cam_aug, mask=mask, crop=crop, flip=flip, size=size, temperature=temperature, eps=eps,
+        backend=backend,
+    )
+    return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
