@@ -153,8 +153,16 @@ void cam_backward(const at::Tensor& grad_cam, const at::Tensor& cam, const at::T
       const G_t* g = G + b * L.sg[0] + k * L.sg[1];
       A_t* da = dA + b * sda[0] + k * sda[1];
       const acc* dzb = dz + b * hw;
+      const bool flat = L.sa[3] == 1 && L.sa[2] == L.w && sda[3] == 1 && sda[2] == L.w;
       if (per_position) {
         G_t* dg = dG + b * sdg[0] + k * sdg[1];
+        if (flat && L.sg[3] == 1 && L.sg[2] == L.w && sdg[3] == 1 && sdg[2] == L.w) {
+          for (int64_t p = 0; p < hw; ++p) {
+            da[p] = static_cast<A_t>(static_cast<acc>(g[p]) * dzb[p]);
+            dg[p] = static_cast<G_t>(static_cast<acc>(a[p]) * dzb[p]);
+          }
+          continue;
+        }
         for (int64_t y = 0; y < L.h; ++y)
           for (int64_t x = 0; x < L.w; ++x) {
             const acc d = dzb[y * L.w + x];
@@ -165,12 +173,19 @@ void cam_backward(const at::Tensor& grad_cam, const at::Tensor& cam, const at::T
       }
       const acc alpha = channel_weight<acc>(g, L, kind);
       acc d_alpha = 0;
-      for (int64_t y = 0; y < L.h; ++y)
-        for (int64_t x = 0; x < L.w; ++x) {
-          const acc d = dzb[y * L.w + x];
-          da[y * sda[2] + x * sda[3]] = static_cast<A_t>(alpha * d);
-          d_alpha += static_cast<acc>(a[y * L.sa[2] + x * L.sa[3]]) * d;
+      if (flat) {
+        for (int64_t p = 0; p < hw; ++p) {
+          da[p] = static_cast<A_t>(alpha * dzb[p]);
+          d_alpha += static_cast<acc>(a[p]) * dzb[p];
         }
+      } else {
+        for (int64_t y = 0; y < L.h; ++y)
+          for (int64_t x = 0; x < L.w; ++x) {
+            const acc d = dzb[y * L.w + x];
+            da[y * sda[2] + x * sda[3]] = static_cast<A_t>(alpha * d);
+            d_alpha += static_cast<acc>(a[y * L.sa[2] + x * L.sa[3]]) * d;
+          }
+      }
       if (L.compact) {
         dG[b * sdg[0] + k * sdg[1]] = static_cast<G_t>(d_alpha);
       } else {  // kind "grad": alpha is the mean of grads, so every position gets d_alpha / (h*w)
