@@ -12,13 +12,21 @@ clamped below at 0; the right neighbour is clamped to the last input index.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 __all__ = ["upsample_matrix", "warp_matrices"]
 
 
 def _resize_matrix(out_size: int, in_size: int, dtype=torch.float64, device=None) -> torch.Tensor:
-    """``[out_size, in_size]`` matrix of 1-D bilinear resizing with ``align_corners=False``."""
+    """``[out_size, in_size]`` matrix of 1-D bilinear resizing with ``align_corners=False`` (cached: treat
+    the result as read-only)."""
+    return _resize_matrix_cached(int(out_size), int(in_size), dtype, torch.device(device or "cpu"))
+
+
+@functools.lru_cache(maxsize=64)
+def _resize_matrix_cached(out_size: int, in_size: int, dtype, device) -> torch.Tensor:
     dst = torch.arange(out_size, dtype=torch.float64, device=device)
     src = ((dst + 0.5) * (in_size / out_size) - 0.5).clamp_min(0.0)
     i0 = src.floor().long().clamp_max(in_size - 1)

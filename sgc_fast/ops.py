@@ -17,6 +17,7 @@ error that says why; :func:`explain_backends` reports why each candidate was or 
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Optional
 
 import torch
@@ -238,6 +239,16 @@ def unpack_stats(packed: torch.Tensor, B: int, NQ: int):
     return gram.view(B, NQ), pos, na, np_, nq
 
 
+# Problem of each forward, keyed by id() of its stats tensor; an entry goes when that tensor dies or the
+# autograd setup takes it (tensors cannot be dictionary keys: == is elementwise).
+_PROBLEMS: dict = {}
+
+
+def _keep_problem(packed: torch.Tensor, pb) -> None:
+    key = id(packed)
+    _PROBLEMS[key] = (weakref.ref(packed, lambda _ref: _PROBLEMS.pop(key, None)), pb)
+
+
 def contrast_forward(sweep, cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, size, temperature, eps):
     """Shared forward of the fused backends: ``sweep(problem, mask_u8, neg_mask_u8, dtype) -> stats``
     runs the masked case; the unmasked case uses the low-resolution closed form."""
@@ -247,13 +258,26 @@ def contrast_forward(sweep, cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_ma
     else:
         stats = sweep(pb, _as_mask_bytes(mask), _as_mask_bytes(neg_mask), kernel_dtype(cam_orig, cam_aug, neg_cam))
     logits = contrast.logits_from_stats(stats, pb.separate, self_index, temperature, kernel_dtype(cam_orig, cam_aug, neg_cam))
-    return logits, pack_stats(stats)
+    packed = pack_stats(stats)
+    _keep_problem(packed, pb)  # the backward reuses the interpolation matrices instead of rebuilding them
+    return logits, packed
+
+
+def take_problem(packed: torch.Tensor):
+    """The forward's Problem for its stats output (call from setup_context, where the tensor is the one
+    the forward returned), or None."""
+    entry = _PROBLEMS.get(id(packed))
+    if entry is None or entry[0]() is not packed:
+        return None
+    del _PROBLEMS[id(packed)]
+    return entry[1]
 
 
 def contrast_backward(sweep_backward, grad_logits, packed, cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask,
-                      self_index, size, temperature, eps):
+                      self_index, size, temperature, eps, pb=None):
     """Shared backward of the fused backends: gradients w.r.t. (cam_orig, cam_aug, neg_cam)."""
-    pb = contrast.prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps)
+    if pb is None:
+        pb = contrast.prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps)
     NQ = pb.ct_neg.shape[0] if pb.separate else pb.B
     stats = unpack_stats(packed, pb.B, NQ)
     coefs = contrast.coefficients(stats, pb.separate, grad_logits, self_index, temperature)
@@ -328,6 +352,7 @@ def _(cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, size, 
 def _contrast_setup(ctx, inputs, output):
     cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, size, temperature, eps = inputs
     ctx.size, ctx.temperature, ctx.eps = size, temperature, eps
+    ctx.problem = take_problem(output[1])
     ctx.save_for_backward(cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, output[1])
 
 
@@ -335,7 +360,7 @@ def _contrast_backward(ctx, grad_logits, grad_stats):
     cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, packed = ctx.saved_tensors
     d_orig, d_aug, d_neg = contrast_backward(
         _cpp_sweep_backward, grad_logits, packed, cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask,
-        self_index, ctx.size, ctx.temperature, ctx.eps,
+        self_index, ctx.size, ctx.temperature, ctx.eps, pb=ctx.problem,
     )
     return d_orig, d_aug, None, None, None, d_neg, None, None, None, None, None
 

@@ -33,6 +33,8 @@ CamKind parse_kind(c10::string_view kind) {
 
 // Minimum (b, k) rows per task of the backward's parallel loop.
 constexpr int64_t kBackwardGrain = 16;
+// Independent accumulators of the backward's spatial reduction.
+constexpr int kLanes = 8;
 
 struct Layout {
   int64_t B, K, h, w;
@@ -174,10 +176,19 @@ void cam_backward(const at::Tensor& grad_cam, const at::Tensor& cam, const at::T
       const acc alpha = channel_weight<acc>(g, L, kind);
       acc d_alpha = 0;
       if (flat) {
-        for (int64_t p = 0; p < hw; ++p) {
+        // Fixed lanes keep the reduction vectorisable and its order independent of anything but hw.
+        acc lane[kLanes] = {};
+        int64_t p = 0;
+        for (; p + kLanes <= hw; p += kLanes)
+          for (int l = 0; l < kLanes; ++l) {
+            da[p + l] = static_cast<A_t>(alpha * dzb[p + l]);
+            lane[l] += static_cast<acc>(a[p + l]) * dzb[p + l];
+          }
+        for (; p < hw; ++p) {
           da[p] = static_cast<A_t>(alpha * dzb[p]);
           d_alpha += static_cast<acc>(a[p]) * dzb[p];
         }
+        for (int l = 0; l < kLanes; ++l) d_alpha += lane[l];
       } else {
         for (int64_t y = 0; y < L.h; ++y)
           for (int64_t x = 0; x < L.w; ++x) {

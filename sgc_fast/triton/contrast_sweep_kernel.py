@@ -1,0 +1,502 @@
+"""contrast_sweep in Triton: the per-pixel (SGC, masked) part of contrast_logits, forward and backward.
+
+Same contract as csrc/cpu/contrast_sweep_kernel.cpp (op schema ``sgc_fast::contrast_sweep``). Inputs are the
+sum-normalised CAMs ``ct`` ([B,h,w], [N,h,w]) and the dense interpolation matrices ``uy [H,h]``, ``ux [W,w]``,
+``vy [1 or B,H,h]``, ``vx [1 or B,W,w]``; the full-resolution vectors are, pixel by pixel,
+
+    a_i = mask_i     . (Uy ct_aug_i Ux^T + eps)        (augmented view, masked)
+    p_i =               Vy_i ct_orig_i Vx_i^T + eps    (original view, optionally warped)
+    q_k = neg_mask_k . (Uy ct_neg_k Ux^T + eps)        (separate negatives; none: q = a)
+
+Forward returns, in float64, gram [B,Nq] (a.q; a.a without separate negatives, whose diagonal is |a|^2),
+pos [B] = a.p and the squared norms |a|^2 [B], |p|^2 [B], |q|^2 [Nq]. Backward takes the coefficients of
+sgc_fast/contrast.py and returns the gradients w.r.t. ct_aug, ct_orig, ct_neg (float64) of the fields
+    dA = C_aa A + C_aq Q + diag(c_ap) P,   dP = diag(c_pa) A + diag(c_pp) P,   dQ = C_qa A + diag(c_qq) Q.
+No H x W map is ever stored.
+
+Tiling. A tile is one output row Y times BLOCK_X columns of BLOCK_B maps. It is regenerated from the CAMs:
+the row interpolation ``rows[i, x] = sum_y Uy[Y, y] ct_i[y, x]`` once per row (zero weights skipped), then
+``tile = rows @ Ux[X, :]^T`` as a ``tl.dot`` with K = w padded to 16, plus eps, times the mask. The per-sample
+warp V_i of the original view is applied with [BLOCK_B, BLOCK_X, w] broadcasts instead (its own kernels:
+those are O(B H W) work, not O(B^2 H W)).
+- ``_gram_kernel``: program (row block, column block, row chunk) accumulates the Gram block
+  ``tl.dot(A_rows, A_cols^T)`` over its chunk's tiles (IEEE fp32 by default); without separate negatives only
+  blocks on or above the diagonal are computed (the others store zeros) and a diagonal block regenerates
+  one tile, not two. Per-chunk partials [chunks, B, Nq] are summed by torch in float64, in chunk order.
+- ``_norms_kernel``: program (sample block, row chunk): |a|^2, a.p, |p|^2 (or |q|^2) per sample.
+- ``_field_grad_kernel`` (backward, O(B Nq H W)): program (row block, row chunk) forms the field tile of its
+  samples, ``sum_j C[i, j] S_j`` (tl.dot of a coefficient block with regenerated tiles of every column block)
+  plus an optional diagonal self term, masks it, and applies the adjoint of the x-interpolation as
+  ``tl.dot(field, Ux[X, :])``; it writes that row's [B, w] partial (the adjoint as a gather: nothing is
+  scattered, no atomics). The y-adjoint ``g[i,y,x] = sum_Y Uy[Y,y] r[Y,i,x]`` is a small float64 einsum.
+- ``_pos_grad_kernel`` (backward, O(B H W)): the c_ap P term of dA and the field dP through V_i, the same way.
+Backward recomputes every tile from the CAMs (nothing of size H x W is saved between the passes).
+Work (B = Nq = 256, 7x7 -> 224x224): forward ~B^2 H W / 2 multiply-adds for the Gram (6.6 GFLOP for the full
+matrix) plus ~B^2 H W * 16 / BLOCK_B for the regeneration; backward ~B^2 H W for the fields plus the same
+regeneration overhead. Memory traffic: the masks (B*H*W bytes, re-read per column block from L2), the CAMs,
+partials of [chunks, B, Nq] floats; B*H*w floats of row partials in backward.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .launch import DOT_MIN, launcher, next_pow2, split_count, tuned
+
+__all__ = ["contrast_sweep", "contrast_sweep_backward"]
+
+#: tl.dot precision for float32 tiles: IEEE by default (DESIGN §4); "tf32"/"tf32x3" would be an opt-in.
+DOT_PRECISION: tl.constexpr = tl.constexpr("ieee")
+
+# Tile configs: BLOCK_B maps x BLOCK_X pixels of one row. GPU lists are autotuned; the interpreter gets one.
+_GRAM_CONFIGS = [
+    triton.Config({"BLOCK_B": 64, "BLOCK_X": 64}, num_warps=4),
+    triton.Config({"BLOCK_B": 64, "BLOCK_X": 64}, num_warps=8),
+    triton.Config({"BLOCK_B": 128, "BLOCK_X": 32}, num_warps=8),
+    triton.Config({"BLOCK_B": 128, "BLOCK_X": 64}, num_warps=8),
+]
+_FIELD_CONFIGS = [
+    triton.Config({"BLOCK_B": 64, "BLOCK_X": 64}, num_warps=4),
+    triton.Config({"BLOCK_B": 64, "BLOCK_X": 64}, num_warps=8),
+    triton.Config({"BLOCK_B": 128, "BLOCK_X": 32}, num_warps=8),
+]
+_PER_SAMPLE_CONFIGS = [
+    triton.Config({"BLOCK_B": 16, "BLOCK_X": 64}, num_warps=4),
+    triton.Config({"BLOCK_B": 32, "BLOCK_X": 32}, num_warps=4),
+]
+_INTERPRET_CONFIG = triton.Config({"BLOCK_B": 16, "BLOCK_X": 16}, num_warps=4)
+#: BLOCK_B of the GPU configs used to size the launch (programs per row chunk); autotuning may pick another.
+_SIZING_BLOCK_B = 64
+_KEY = ["n_r", "H", "W", "h", "w"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tile regeneration
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _rows_shared(ct_ptr, i_idx, i_ok, uy_ptr, Y, h, w, BLOCK_B: tl.constexpr, W_DOT: tl.constexpr):
+    """rows[i, x] = sum_y Uy[Y, y] ct[i, y, x]  ([BLOCK_B, W_DOT], zero beyond w and for i >= n)."""
+    xs = tl.arange(0, W_DOT)
+    ptrs = ct_ptr + i_idx[:, None] * (h * w) + xs[None, :]
+    ok = i_ok[:, None] & (xs[None, :] < w)
+    rows = tl.zeros([BLOCK_B, W_DOT], dtype=ct_ptr.dtype.element_ty)
+    for y in range(0, h):
+        wy = tl.load(uy_ptr + Y * h + y)
+        if wy != 0:
+            rows += wy * tl.load(ptrs + y * w, mask=ok, other=0.0)
+    return rows
+
+
+@triton.jit
+def _tile_shared(rows, ux_ptr, X, x_ok, w, eps, mask_ptr, i_idx, i_ok, Y, sm0, sm1, sm2, W_DOT: tl.constexpr):
+    """mask_i . (rows @ Ux[X, :]^T + eps) for pixels (Y, X): [BLOCK_B, BLOCK_X]; zero outside the map."""
+    xs = tl.arange(0, W_DOT)
+    ux_t = tl.load(ux_ptr + X[None, :] * w + xs[:, None], mask=(xs[:, None] < w) & x_ok[None, :], other=0.0)
+    v = tl.dot(rows, ux_t, input_precision=DOT_PRECISION) + eps
+    keep = i_ok[:, None] & x_ok[None, :]
+    m = tl.load(mask_ptr + i_idx[:, None] * sm0 + Y * sm1 + X[None, :] * sm2, mask=keep, other=0)
+    return tl.where(keep & (m != 0), v, 0.0)
+
+
+@triton.jit
+def _rows_warped(ct_ptr, i_idx, i_ok, vy_ptr, svy, Y, H, h, w, BLOCK_B: tl.constexpr, W_P2: tl.constexpr):
+    """rows[i, x] = sum_y Vy_i[Y, y] ct[i, y, x] ([BLOCK_B, W_P2]); ``svy`` = 0 when V is shared."""
+    xs = tl.arange(0, W_P2)
+    ptrs = ct_ptr + i_idx[:, None] * (h * w) + xs[None, :]
+    ok = i_ok[:, None] & (xs[None, :] < w)
+    rows = tl.zeros([BLOCK_B, W_P2], dtype=ct_ptr.dtype.element_ty)
+    for y in range(0, h):
+        wy = tl.load(vy_ptr + i_idx * svy + Y * h + y, mask=i_ok, other=0.0)
+        rows += wy[:, None] * tl.load(ptrs + y * w, mask=ok, other=0.0)
+    return rows
+
+
+@triton.jit
+def _vx_tile(vx_ptr, svx, i_idx, i_ok, X, x_ok, w, W_P2: tl.constexpr):
+    """Vx_i[X, x] as [BLOCK_B, BLOCK_X, W_P2] (zero outside)."""
+    xs = tl.arange(0, W_P2)
+    ptrs = vx_ptr + i_idx[:, None, None] * svx + X[None, :, None] * w + xs[None, None, :]
+    ok = i_ok[:, None, None] & x_ok[None, :, None] & (xs[None, None, :] < w)
+    return tl.load(ptrs, mask=ok, other=0.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@tuned(_GRAM_CONFIGS, _INTERPRET_CONFIG, _KEY + ["n_c", "SYMMETRIC"])
+@triton.jit
+def _gram_kernel(
+    part_ptr,  # [chunks, n_r, n_c]
+    ct_r_ptr, mask_r_ptr, smr0, smr1, smr2, n_r,
+    ct_c_ptr, mask_c_ptr, smc0, smc1, smc2, n_c,
+    uy_ptr, ux_ptr, H, W, h, w, eps, rows_per_chunk,
+    SYMMETRIC: tl.constexpr, W_DOT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_X: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk = tl.program_id(1)
+    n_bc = tl.cdiv(n_c, BLOCK_B)
+    bi = pid // n_bc
+    bj = pid % n_bc
+    i_idx = bi * BLOCK_B + tl.arange(0, BLOCK_B)
+    j_idx = bj * BLOCK_B + tl.arange(0, BLOCK_B)
+    i_ok = i_idx < n_r
+    j_ok = j_idx < n_c
+    y_lo = chunk * rows_per_chunk
+    y_hi = tl.minimum(H, y_lo + rows_per_chunk)
+    diag = bi == bj
+    if SYMMETRIC:
+        if bi > bj:
+            y_hi = y_lo  # below the diagonal: mirrored from above, store zeros
+    acc = tl.zeros([BLOCK_B, BLOCK_B], dtype=ct_r_ptr.dtype.element_ty)
+    for Y in range(y_lo, y_hi):
+        rows_r = _rows_shared(ct_r_ptr, i_idx, i_ok, uy_ptr, Y, h, w, BLOCK_B, W_DOT)
+        rows_c = _rows_shared(ct_c_ptr, j_idx, j_ok, uy_ptr, Y, h, w, BLOCK_B, W_DOT)
+        for x0 in range(0, W, BLOCK_X):
+            X = x0 + tl.arange(0, BLOCK_X)
+            x_ok = X < W
+            t_r = _tile_shared(rows_r, ux_ptr, X, x_ok, w, eps, mask_r_ptr, i_idx, i_ok, Y, smr0, smr1, smr2, W_DOT)
+            if SYMMETRIC:
+                if diag:  # a diagonal block: the column tile is the row tile
+                    t_c = t_r
+                else:
+                    t_c = _tile_shared(rows_c, ux_ptr, X, x_ok, w, eps, mask_c_ptr, j_idx, j_ok, Y, smc0, smc1,
+                                       smc2, W_DOT)
+            else:
+                t_c = _tile_shared(rows_c, ux_ptr, X, x_ok, w, eps, mask_c_ptr, j_idx, j_ok, Y, smc0, smc1, smc2,
+                                   W_DOT)
+            acc += tl.dot(t_r, tl.trans(t_c), input_precision=DOT_PRECISION)
+    out = part_ptr + (chunk * n_r + i_idx[:, None]).to(tl.int64) * n_c + j_idx[None, :]
+    tl.store(out, acc, mask=i_ok[:, None] & j_ok[None, :])
+
+
+@tuned(_PER_SAMPLE_CONFIGS, _INTERPRET_CONFIG, _KEY + ["HAS_P"])
+@triton.jit
+def _norms_kernel(
+    part_ptr,  # [chunks, 3, n_r]: |a|^2, a.p, |p|^2
+    ct_ptr, mask_ptr, sm0, sm1, sm2, n_r,
+    ct_p_ptr, vy_ptr, svy, vx_ptr, svx,
+    uy_ptr, ux_ptr, H, W, h, w, eps, rows_per_chunk,
+    HAS_P: tl.constexpr, W_DOT: tl.constexpr, W_P2: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_X: tl.constexpr,
+):
+    bi = tl.program_id(0)
+    chunk = tl.program_id(1)
+    dt = ct_ptr.dtype.element_ty
+    i_idx = bi * BLOCK_B + tl.arange(0, BLOCK_B)
+    i_ok = i_idx < n_r
+    y_lo = chunk * rows_per_chunk
+    y_hi = tl.minimum(H, y_lo + rows_per_chunk)
+    aa = tl.zeros([BLOCK_B], dtype=dt)
+    ap = tl.zeros([BLOCK_B], dtype=dt)
+    pp = tl.zeros([BLOCK_B], dtype=dt)
+    for Y in range(y_lo, y_hi):
+        rows_a = _rows_shared(ct_ptr, i_idx, i_ok, uy_ptr, Y, h, w, BLOCK_B, W_DOT)
+        if HAS_P:
+            rows_p = _rows_warped(ct_p_ptr, i_idx, i_ok, vy_ptr, svy, Y, H, h, w, BLOCK_B, W_P2)
+        for x0 in range(0, W, BLOCK_X):
+            X = x0 + tl.arange(0, BLOCK_X)
+            x_ok = X < W
+            a = _tile_shared(rows_a, ux_ptr, X, x_ok, w, eps, mask_ptr, i_idx, i_ok, Y, sm0, sm1, sm2, W_DOT)
+            aa += tl.sum(a * a, 1)
+            if HAS_P:
+                vx_t = _vx_tile(vx_ptr, svx, i_idx, i_ok, X, x_ok, w, W_P2)
+                p = tl.sum(rows_p[:, None, :] * vx_t, 2) + eps
+                p = tl.where(i_ok[:, None] & x_ok[None, :], p, 0.0)
+                ap += tl.sum(a * p, 1)
+                pp += tl.sum(p * p, 1)
+    out = part_ptr + (chunk * 3) * n_r + i_idx
+    tl.store(out, aa, mask=i_ok)
+    tl.store(out + n_r, ap, mask=i_ok)
+    tl.store(out + 2 * n_r, pp, mask=i_ok)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backward
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@tuned(_FIELD_CONFIGS, _INTERPRET_CONFIG, _KEY + ["n_c", "HAS_SELF"])
+@triton.jit
+def _field_grad_kernel(
+    rpart_ptr,  # [H, n_r, w]: x-adjoint of the masked field, per output row
+    ct_r_ptr, mask_r_ptr, smr0, smr1, smr2, n_r,
+    ct_c_ptr, mask_c_ptr, smc0, smc1, smc2, n_c,
+    coef_ptr,  # [n_r, n_c] contiguous
+    self_ptr,  # [n_r]: coefficient of the row's own map (HAS_SELF)
+    uy_ptr, ux_ptr, H, W, h, w, eps, rows_per_chunk,
+    HAS_SELF: tl.constexpr, W_DOT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_X: tl.constexpr,
+):
+    bi = tl.program_id(0)
+    chunk = tl.program_id(1)
+    dt = ct_r_ptr.dtype.element_ty
+    i_idx = bi * BLOCK_B + tl.arange(0, BLOCK_B)
+    i_ok = i_idx < n_r
+    xs = tl.arange(0, W_DOT)
+    if HAS_SELF:
+        d_self = tl.load(self_ptr + i_idx, mask=i_ok, other=0.0)
+    y_lo = chunk * rows_per_chunk
+    y_hi = tl.minimum(H, y_lo + rows_per_chunk)
+    for Y in range(y_lo, y_hi):
+        if HAS_SELF:
+            rows_self = _rows_shared(ct_r_ptr, i_idx, i_ok, uy_ptr, Y, h, w, BLOCK_B, W_DOT)
+        r = tl.zeros([BLOCK_B, W_DOT], dtype=dt)
+        for x0 in range(0, W, BLOCK_X):
+            X = x0 + tl.arange(0, BLOCK_X)
+            x_ok = X < W
+            field = tl.zeros([BLOCK_B, BLOCK_X], dtype=dt)
+            for j0 in range(0, n_c, BLOCK_B):
+                j_idx = j0 + tl.arange(0, BLOCK_B)
+                j_ok = j_idx < n_c
+                rows_c = _rows_shared(ct_c_ptr, j_idx, j_ok, uy_ptr, Y, h, w, BLOCK_B, W_DOT)
+                t_c = _tile_shared(rows_c, ux_ptr, X, x_ok, w, eps, mask_c_ptr, j_idx, j_ok, Y, smc0, smc1, smc2,
+                                   W_DOT)
+                c = tl.load(coef_ptr + i_idx[:, None] * n_c + j_idx[None, :], mask=i_ok[:, None] & j_ok[None, :],
+                            other=0.0)
+                field += tl.dot(c, t_c, input_precision=DOT_PRECISION)
+            if HAS_SELF:
+                t_self = _tile_shared(rows_self, ux_ptr, X, x_ok, w, eps, mask_r_ptr, i_idx, i_ok, Y, smr0, smr1,
+                                      smr2, W_DOT)
+                field += d_self[:, None] * t_self
+            keep = i_ok[:, None] & x_ok[None, :]
+            m = tl.load(mask_r_ptr + i_idx[:, None] * smr0 + Y * smr1 + X[None, :] * smr2, mask=keep, other=0)
+            field = tl.where(keep & (m != 0), field, 0.0)
+            ux_b = tl.load(ux_ptr + X[:, None] * w + xs[None, :], mask=x_ok[:, None] & (xs[None, :] < w), other=0.0)
+            r += tl.dot(field, ux_b, input_precision=DOT_PRECISION)
+        out = rpart_ptr + (Y * n_r + i_idx[:, None]).to(tl.int64) * w + xs[None, :]
+        tl.store(out, r, mask=i_ok[:, None] & (xs[None, :] < w))
+
+
+@tuned(_PER_SAMPLE_CONFIGS, _INTERPRET_CONFIG, _KEY)
+@triton.jit
+def _pos_grad_kernel(
+    ra_ptr,  # [H, n_r, w]: x-adjoint of mask . c_ap P (through Ux)
+    rp_ptr,  # [H, n_r, w]: x-adjoint of c_pa A + c_pp P (through Vx_i)
+    ct_ptr, mask_ptr, sm0, sm1, sm2, n_r,
+    ct_p_ptr, vy_ptr, svy, vx_ptr, svx,
+    c_ap_ptr, c_pa_ptr, c_pp_ptr,
+    uy_ptr, ux_ptr, H, W, h, w, eps, rows_per_chunk,
+    W_DOT: tl.constexpr, W_P2: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_X: tl.constexpr,
+):
+    bi = tl.program_id(0)
+    chunk = tl.program_id(1)
+    dt = ct_ptr.dtype.element_ty
+    i_idx = bi * BLOCK_B + tl.arange(0, BLOCK_B)
+    i_ok = i_idx < n_r
+    xs = tl.arange(0, W_DOT)
+    xp = tl.arange(0, W_P2)
+    c_ap = tl.load(c_ap_ptr + i_idx, mask=i_ok, other=0.0)[:, None]
+    c_pa = tl.load(c_pa_ptr + i_idx, mask=i_ok, other=0.0)[:, None]
+    c_pp = tl.load(c_pp_ptr + i_idx, mask=i_ok, other=0.0)[:, None]
+    y_lo = chunk * rows_per_chunk
+    y_hi = tl.minimum(H, y_lo + rows_per_chunk)
+    for Y in range(y_lo, y_hi):
+        rows_a = _rows_shared(ct_ptr, i_idx, i_ok, uy_ptr, Y, h, w, BLOCK_B, W_DOT)
+        rows_p = _rows_warped(ct_p_ptr, i_idx, i_ok, vy_ptr, svy, Y, H, h, w, BLOCK_B, W_P2)
+        ra = tl.zeros([BLOCK_B, W_DOT], dtype=dt)
+        rp = tl.zeros([BLOCK_B, W_P2], dtype=dt)
+        for x0 in range(0, W, BLOCK_X):
+            X = x0 + tl.arange(0, BLOCK_X)
+            x_ok = X < W
+            keep = i_ok[:, None] & x_ok[None, :]
+            a = _tile_shared(rows_a, ux_ptr, X, x_ok, w, eps, mask_ptr, i_idx, i_ok, Y, sm0, sm1, sm2, W_DOT)
+            vx_t = _vx_tile(vx_ptr, svx, i_idx, i_ok, X, x_ok, w, W_P2)
+            p = tl.where(keep, tl.sum(rows_p[:, None, :] * vx_t, 2) + eps, 0.0)
+            m = tl.load(mask_ptr + i_idx[:, None] * sm0 + Y * sm1 + X[None, :] * sm2, mask=keep, other=0)
+            d_a = tl.where(m != 0, c_ap * p, 0.0)
+            ux_b = tl.load(ux_ptr + X[:, None] * w + xs[None, :], mask=x_ok[:, None] & (xs[None, :] < w), other=0.0)
+            ra += tl.dot(d_a, ux_b, input_precision=DOT_PRECISION)
+            d_p = c_pa * a + c_pp * p
+            rp += tl.sum(d_p[:, :, None] * vx_t, 1)
+        row = (Y * n_r + i_idx[:, None]).to(tl.int64) * w
+        tl.store(ra_ptr + row + xs[None, :], ra, mask=i_ok[:, None] & (xs[None, :] < w))
+        tl.store(rp_ptr + row + xp[None, :], rp, mask=i_ok[:, None] & (xp[None, :] < w))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Drivers (same arguments and results as the C++ ops sgc_fast::contrast_sweep / contrast_sweep_backward)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _check_inputs(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask) -> None:
+    torch._check(cam_aug.dim() == 3 and cam_orig.shape == cam_aug.shape,
+                 lambda: f"cam_orig: shape {list(cam_orig.shape)} does not match cam_aug {list(cam_aug.shape)}")
+    B, h, w = cam_aug.shape
+    torch._check(uy.dim() == 2 and uy.shape[1] == h, lambda: f"uy: expected [H, {h}], got {list(uy.shape)}")
+    torch._check(ux.dim() == 2 and ux.shape[1] == w, lambda: f"ux: expected [W, {w}], got {list(ux.shape)}")
+    H, W = uy.shape[0], ux.shape[0]
+    torch._check(mask.shape == (B, H, W) and mask.dtype == torch.uint8,
+                 lambda: f"mask: expected uint8 [{B}, {H}, {W}], got {mask.dtype} {list(mask.shape)}")
+    torch._check(vy.dim() == 3 and vy.shape[0] in (1, B) and tuple(vy.shape[1:]) == (H, h),
+                 lambda: f"vy: expected [1 or {B}, {H}, {h}], got {list(vy.shape)}")
+    torch._check(vx.dim() == 3 and vx.shape[0] == vy.shape[0] and tuple(vx.shape[1:]) == (W, w),
+                 lambda: f"vx: expected [{vy.shape[0]}, {W}, {w}], got {list(vx.shape)}")
+    torch._check(neg_cam.dim() == 3 and tuple(neg_cam.shape[1:]) == (h, w),
+                 lambda: f"neg_cam: expected [N, {h}, {w}], got {list(neg_cam.shape)}")
+    N = neg_cam.shape[0]
+    torch._check(neg_mask.dtype == torch.uint8 and neg_mask.shape[0] == N
+                 and (N == 0 or tuple(neg_mask.shape[1:]) == (H, W)),
+                 lambda: f"neg_mask: expected uint8 [{N}, {H}, {W}], got {neg_mask.dtype} {list(neg_mask.shape)}")
+    dt = cam_aug.dtype
+    torch._check(dt in (torch.float32, torch.float64), lambda: f"cam_aug: expected float32 or float64, got {dt}")
+    for name, t in (("cam_orig", cam_orig), ("neg_cam", neg_cam), ("uy", uy), ("ux", ux), ("vy", vy), ("vx", vx)):
+        torch._check(t.dtype == dt, lambda: f"{name}: expected the dtype of cam_aug ({dt}), got {t.dtype}")
+
+
+class _Geometry:
+    """Launch arguments shared by the kernels (contiguous CAMs and matrices, sizes, padded widths)."""
+
+    def __init__(self, cam_aug, cam_orig, uy, ux, vy, vx, neg_cam, eps):
+        self.ct_aug = cam_aug.contiguous()
+        self.ct_orig = cam_orig.contiguous()
+        self.ct_neg = neg_cam.contiguous()
+        self.uy, self.ux = uy.contiguous(), ux.contiguous()
+        self.vy, self.vx = vy.contiguous(), vx.contiguous()
+        self.B, self.h, self.w = cam_aug.shape
+        self.N = neg_cam.shape[0]
+        self.H, self.W = uy.shape[0], ux.shape[0]
+        self.svy = self.H * self.h if vy.shape[0] > 1 else 0
+        self.svx = self.W * self.w if vx.shape[0] > 1 else 0
+        self.eps = float(eps)
+        self.w_dot = next_pow2(self.w, DOT_MIN)
+        self.w_p2 = next_pow2(self.w)
+        self.dev = cam_aug.device
+
+    def chunks(self, programs_per_chunk: int) -> tuple[int, int]:
+        """(number of row chunks, rows per chunk)."""
+        n = split_count(self.dev, programs_per_chunk, self.H)
+        rows = triton.cdiv(self.H, n)
+        return triton.cdiv(self.H, rows), rows
+
+    def geometry_args(self):
+        return (self.uy, self.ux, self.H, self.W, self.h, self.w, self.eps)
+
+
+def _blocks(n: int) -> int:
+    return triton.cdiv(max(n, 1), _SIZING_BLOCK_B)
+
+
+def _norms(g: _Geometry, ct, mask, has_p: bool):
+    n = ct.shape[0]
+    n_chunks, rows = g.chunks(triton.cdiv(n, 16))
+    part = ct.new_empty((n_chunks, 3, n))
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_B"]), n_chunks)  # noqa: E731
+    launcher(_norms_kernel)[grid](
+        part, ct, mask, *mask.stride(), n, g.ct_orig, g.vy, g.svy, g.vx, g.svx, *g.geometry_args(), rows,
+        HAS_P=has_p, W_DOT=g.w_dot, W_P2=g.w_p2,
+    )
+    return part.sum(0, dtype=torch.float64)
+
+
+def contrast_sweep(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask, eps):
+    """(gram [B, Nq], pos [B], |a|^2 [B], |p|^2 [B], |q|^2 [Nq]), float64; see the module docstring."""
+    _check_inputs(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask)
+    g = _Geometry(cam_aug, cam_orig, uy, ux, vy, vx, neg_cam, eps)
+    B, separate = g.B, g.N > 0
+    norms = _norms(g, g.ct_aug, mask, True)
+    norm_aug, pos, norm_orig = norms[0], norms[1], norms[2]
+    if separate:
+        ct_c, mask_c, NQ = g.ct_neg, neg_mask, g.N
+        n_pairs = _blocks(B) * _blocks(NQ)
+    else:
+        ct_c, mask_c, NQ = g.ct_aug, mask, B
+        n_pairs = _blocks(B) * (_blocks(B) + 1) // 2
+    n_chunks, rows = g.chunks(n_pairs)
+    part = g.ct_aug.new_empty((n_chunks, B, NQ))
+    grid = lambda meta: (triton.cdiv(B, meta["BLOCK_B"]) * triton.cdiv(NQ, meta["BLOCK_B"]), n_chunks)  # noqa: E731
+    launcher(_gram_kernel)[grid](
+        part, g.ct_aug, mask, *mask.stride(), B, ct_c, mask_c, *mask_c.stride(), NQ, *g.geometry_args(), rows,
+        SYMMETRIC=not separate, W_DOT=g.w_dot,
+    )
+    gram = part.sum(0, dtype=torch.float64)
+    if separate:
+        norm_neg = _norms(g, g.ct_neg, neg_mask, False)[0]
+    else:
+        # Entries above the diagonal were computed; mirror them, and take |a|^2 as the diagonal.
+        upper = torch.triu(gram, 1)
+        gram = upper + upper.T + torch.diag(norm_aug)
+        norm_neg = norm_aug
+    return gram, pos, norm_aug, norm_orig, norm_neg
+
+
+def _field_rows(g: _Geometry, ct_r, mask_r, ct_c, mask_c, coef, self_coef):
+    """x-adjoint rows [H, n_r, w] of mask_r . (coef @ tiles_c + self_coef . tiles_r)."""
+    n_r, n_c = ct_r.shape[0], ct_c.shape[0]
+    n_chunks, rows = g.chunks(_blocks(n_r))
+    out = ct_r.new_empty((g.H, n_r, g.w))
+    coef = coef.to(ct_r.dtype).contiguous()
+    has_self = self_coef is not None
+    self_coef = self_coef.to(ct_r.dtype).contiguous() if has_self else coef
+    grid = lambda meta: (triton.cdiv(n_r, meta["BLOCK_B"]), n_chunks)  # noqa: E731
+    launcher(_field_grad_kernel)[grid](
+        out, ct_r, mask_r, *mask_r.stride(), n_r, ct_c, mask_c, *mask_c.stride(), n_c, coef, self_coef,
+        *g.geometry_args(), rows, HAS_SELF=has_self, W_DOT=g.w_dot,
+    )
+    return out
+
+
+def _y_adjoint(my: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """g[i, y, x] = sum_Y My[i or 0, Y, y] r[Y, i, x] in float64 (``my`` [H, h] or [1 or B, H, h])."""
+    r = r.to(torch.float64)
+    my = my.to(torch.float64)
+    if my.dim() == 2:
+        return torch.einsum("Yy,Yix->iyx", my, r)
+    if my.shape[0] == 1:
+        return torch.einsum("Yy,Yix->iyx", my[0], r)
+    return torch.einsum("iYy,Yix->iyx", my, r)
+
+
+def contrast_sweep_backward(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask, eps,
+                            coef_aa, coef_aq, coef_qa, coef_qq, coef_ap, coef_pa, coef_pp):
+    """Gradients (float64) w.r.t. (ct_aug [B,h,w], ct_orig [B,h,w], ct_neg [N,h,w]) of the fields."""
+    _check_inputs(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask)
+    g = _Geometry(cam_aug, cam_orig, uy, ux, vy, vx, neg_cam, eps)
+    B, N, dt = g.B, g.N, g.ct_aug.dtype
+    if N > 0:
+        # With separate negatives C_aa is diagonal (sgc_fast.contrast.coefficients): a self term.
+        r_aug = _field_rows(g, g.ct_aug, mask, g.ct_neg, neg_mask, coef_aq, coef_aa.diagonal())
+        r_neg = _field_rows(g, g.ct_neg, neg_mask, g.ct_aug, mask, coef_qa, coef_qq)
+        grad_neg = _y_adjoint(g.uy, r_neg)
+    else:
+        r_aug = _field_rows(g, g.ct_aug, mask, g.ct_aug, mask, coef_aa, None)
+        grad_neg = g.ct_neg.new_zeros(g.ct_neg.shape, dtype=torch.float64)
+    n_chunks, rows = g.chunks(triton.cdiv(B, 16))
+    ra = g.ct_aug.new_empty((g.H, B, g.w))
+    rp = g.ct_aug.new_empty((g.H, B, g.w))
+    grid = lambda meta: (triton.cdiv(B, meta["BLOCK_B"]), n_chunks)  # noqa: E731
+    launcher(_pos_grad_kernel)[grid](
+        ra, rp, g.ct_aug, mask, *mask.stride(), B, g.ct_orig, g.vy, g.svy, g.vx, g.svx,
+        coef_ap.to(dt).contiguous(), coef_pa.to(dt).contiguous(), coef_pp.to(dt).contiguous(),
+        *g.geometry_args(), rows, W_DOT=g.w_dot, W_P2=g.w_p2,
+    )
+    grad_aug = _y_adjoint(g.uy, r_aug.to(torch.float64) + ra.to(torch.float64))
+    grad_orig = _y_adjoint(g.vy, rp)
+    return grad_aug, grad_orig, grad_neg
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ops with the C++ schemas, for CUDA tensors (torch.compile sees the kernels through wrap_triton)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@torch.library.triton_op("sgc_fast::triton_contrast_sweep", mutates_args=())
+def _contrast_sweep_op(
+    cam_aug: torch.Tensor, cam_orig: torch.Tensor, mask: torch.Tensor, uy: torch.Tensor, ux: torch.Tensor,
+    vy: torch.Tensor, vx: torch.Tensor, neg_cam: torch.Tensor, neg_mask: torch.Tensor, eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return contrast_sweep(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask, eps)
+
+
+@torch.library.triton_op("sgc_fast::triton_contrast_sweep_backward", mutates_args=())
+def _contrast_sweep_backward_op(
+    cam_aug: torch.Tensor, cam_orig: torch.Tensor, mask: torch.Tensor, uy: torch.Tensor, ux: torch.Tensor,
+    vy: torch.Tensor, vx: torch.Tensor, neg_cam: torch.Tensor, neg_mask: torch.Tensor, eps: float,
+    coef_aa: torch.Tensor, coef_aq: torch.Tensor, coef_qa: torch.Tensor, coef_qq: torch.Tensor,
+    coef_ap: torch.Tensor, coef_pa: torch.Tensor, coef_pp: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return contrast_sweep_backward(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask, eps,
+                                   coef_aa, coef_aq, coef_qa, coef_qq, coef_ap, coef_pa, coef_pp)
