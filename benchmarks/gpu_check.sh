@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One call on a fresh GPU machine: build the extension with its CUDA kernels, run the GPU tests, then the
+# must-run benchmark set (B=256 loss, full pass, sgc and cgc, dense and head, every backend), then more
+# while the budget allows. Every result lands in $OUT (default ./gpu_results), at most 8 files:
+#   device.txt build.log gpu_tests.log ops.csv bench.log summary.md
+# Usage: BUDGET=520 bash benchmarks/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu_results}
+mkdir -p "$OUT"
+BUDGET=${BUDGET:-520}
+PY=${PY:-python3}
+START=$(date +%s)
+left() { echo $((BUDGET - ($(date +%s) - START))); }
+export PYTHONUNBUFFERED=1
+stage() { echo "== $1 (t=$(($(date +%s) - START))s, $(left)s left)" | tee -a "$OUT/summary.md"; }
+
+stage "device"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
+  $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)"
+  nvcc --version | tail -2; nproc; } > "$OUT/device.txt" 2>&1
+cat "$OUT/device.txt"
+
+stage "build (FORCE_CUDA=1, sm_90)"
+export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
+export CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")}
+if ! timeout $(($(left) - 60)) $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
+  tail -40 "$OUT/build.log"; echo "BUILD FAILED" | tee -a "$OUT/summary.md"; exit 1
+fi
+grep -iE "warning|error" "$OUT/build.log" | head -20
+$PY -c "import sgc_fast; print(sgc_fast.explain_backends('cuda'))" 2>&1 | tee -a "$OUT/summary.md"
+
+stage "GPU tests"
+timeout $(( $(left) * 2 / 5 )) $PY -m pytest -q -m gpu -p no:cacheprovider tests > "$OUT/gpu_tests.log" 2>&1
+echo "pytest exit $?" | tee -a "$OUT/summary.md"
+tail -25 "$OUT/gpu_tests.log"
+grep -E "passed|failed" "$OUT/gpu_tests.log" | tail -1 >> "$OUT/summary.md"
+
+stage "must-run benchmarks: B=256 K=2048 loss, full pass"
+timeout $(($(left) - 20)) $PY benchmarks/bench_ops.py --preset gpu-must --passes full --csv "$OUT/ops.csv" \
+  > "$OUT/bench.log" 2>&1
+echo "bench exit $?" | tee -a "$OUT/summary.md"
+
+if [ "$(left)" -gt 120 ]; then
+  stage "fwd/bwd split and ResNet-18 shape, fused backends and reference"
+  timeout $(($(left) - 15)) $PY benchmarks/bench_ops.py --shape 256,2048,7,7,224,224 --passes fwd,bwd \
+    --backends reference,cuda,triton,floor --csv "$OUT/ops.csv" >> "$OUT/bench.log" 2>&1
+  timeout $(($(left) - 10)) $PY benchmarks/bench_ops.py --shape 256,512,7,7,224,224 --passes full \
+    --backends research,reference,cuda,triton,floor --csv "$OUT/ops.csv" >> "$OUT/bench.log" 2>&1
+fi
+stage "done"
+sed -n '/^| B /,$p' "$OUT/bench.log" | tee -a "$OUT/summary.md"
