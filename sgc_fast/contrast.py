@@ -26,6 +26,7 @@ chain to the raw CAMs. The backward itself is not differentiable again.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 import torch
 
@@ -52,6 +53,8 @@ class Problem:
     vy: torch.Tensor  # [B or 1, H, h]
     vx: torch.Tensor  # [B or 1, W, w]
     weight: torch.Tensor  # [h, w]  w = U^T 1
+    my: torch.Tensor  # [h, h]  Uy^T Uy
+    mx: torch.Tensor  # [w, w]  Ux^T Ux
     eps: float
     H: int
     W: int
@@ -71,15 +74,11 @@ def prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps) -> Problem:
     _, h, w = cam_aug.shape
     dev = cam_aug.device
     f64 = torch.float64
-    uy = upsample_matrix(H, h, f64, dev)
-    ux = upsample_matrix(W, w, f64, dev)
+    uy, ux, weight, my, mx = _constants(H, W, h, w, dev)
     if crop is not None:
         vy, vx = warp_matrices(crop, flip, (H, W), (h, w), f64)
     else:
         vy, vx = uy[None], ux[None]
-    weight = torch.outer(uy.sum(0), ux.sum(0))
-    if neg_cam is None:
-        neg_cam = cam_aug.new_zeros((0, h, w))
 
     def normalise(c):
         c = c.to(f64)
@@ -88,8 +87,19 @@ def prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps) -> Problem:
 
     ct_aug, s_aug = normalise(cam_aug)
     ct_orig, s_orig = normalise(cam_orig)
-    ct_neg, s_neg = normalise(neg_cam)
-    return Problem(ct_aug, ct_orig, ct_neg, s_aug, s_orig, s_neg, uy, ux, vy, vx, weight, eps, H, W)
+    if neg_cam is None:
+        ct_neg, s_neg = ct_aug.new_zeros((0, h, w)), ct_aug.new_zeros((0,))
+    else:
+        ct_neg, s_neg = normalise(neg_cam)
+    return Problem(ct_aug, ct_orig, ct_neg, s_aug, s_orig, s_neg, uy, ux, vy, vx, weight, my, mx, eps, H, W)
+
+
+@functools.lru_cache(maxsize=32)
+def _constants(H: int, W: int, h: int, w: int, device: torch.device):
+    """Float64 ``Uy, Ux``, ``w = U^T 1`` and ``Uy^T Uy, Ux^T Ux`` of one geometry (read-only)."""
+    uy = upsample_matrix(H, h, torch.float64, device)
+    ux = upsample_matrix(W, w, torch.float64, device)
+    return uy, ux, torch.outer(uy.sum(0), ux.sum(0)), uy.T @ uy, ux.T @ ux
 
 
 def _sep(my: torch.Tensor, c: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
@@ -104,7 +114,7 @@ def _inner(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def lowres_stats(pb: Problem):
     """Stats of the unmasked problem in closed form on the h x w grid: (gram, pos, |a|^2, |p|^2, |q|^2)."""
     eps, HW = pb.eps, pb.H * pb.W
-    My, Mx = pb.uy.T @ pb.uy, pb.ux.T @ pb.ux
+    My, Mx = pb.my, pb.mx
     r_aug = _inner(pb.ct_aug, pb.weight.expand_as(pb.ct_aug))
     m_aug = _sep(My, pb.ct_aug, Mx)  # M ct_aug
     cols, r_cols = (pb.ct_neg, _inner(pb.ct_neg, pb.weight.expand_as(pb.ct_neg))) if pb.separate else (pb.ct_aug, r_aug)
@@ -144,13 +154,35 @@ def logits_from_stats(stats, separate: bool, self_index, temperature: float, out
     cos_pos = pos * s_a * s_p
     B = cos.shape[0]
     if not separate:
-        off = ~torch.eye(B, dtype=torch.bool, device=cos.device)
-        neg = cos[off].view(B, B - 1)
+        neg = off_diagonal(cos)
     else:
         neg = cos
         if self_index is not None:
             neg = neg.masked_fill(_self_mask(neg, self_index), float("-inf"))
     return (torch.cat([cos_pos[:, None], neg], 1) / temperature).to(out_dtype)
+
+
+def _off_diagonal_view(m: torch.Tensor) -> torch.Tensor:
+    # After dropping the first element of a contiguous [B, B], the diagonal entries are the last column
+    # of a [B-1, B+1] view; the first B columns are the off-diagonal entries in row-major order.
+    B = m.shape[0]
+    return m.reshape(-1)[1:].view(B - 1, B + 1)[:, :B]
+
+
+def off_diagonal(m: torch.Tensor) -> torch.Tensor:
+    """``[B, B] -> [B, B-1]``: row i without its diagonal entry, in column order (no boolean indexing,
+    hence no host synchronisation on a GPU)."""
+    B = m.shape[0]
+    return _off_diagonal_view(m.contiguous()).reshape(B, B - 1) if B > 1 else m[:, :0]
+
+
+def scatter_off_diagonal(values: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`off_diagonal`: ``[B, B-1] -> [B, B]`` with zeros on the diagonal."""
+    B = values.shape[0]
+    out = values.new_zeros(B, B)
+    if B > 1:
+        _off_diagonal_view(out).copy_(values.reshape(B - 1, B))
+    return out
 
 
 def _self_mask(neg: torch.Tensor, self_index: torch.Tensor) -> torch.Tensor:
@@ -185,8 +217,7 @@ def coefficients(stats, separate: bool, grad_logits: torch.Tensor, self_index, t
         c_aa = torch.diag(-torch.where(on_a, kappa_a * s_a * s_a, z))
     else:
         # Place row i's negative columns at (i, j != i), symmetrise: a_hat_i . a_hat_j appears in rows i and j.
-        d = g.new_zeros(B, B)
-        d[~torch.eye(B, dtype=torch.bool, device=g.device)] = g[:, 1:].reshape(-1)
+        d = scatter_off_diagonal(g[:, 1:])
         s = d + d.T
         kappa_a = (s * cos).sum(1) + q * cos_pos
         c_aa = s_a[:, None] * s * s_a[None, :] - torch.diag(torch.where(on_a, kappa_a * s_a * s_a, z))
@@ -203,7 +234,7 @@ def lowres_grads(pb: Problem, coefs):
     """Gradients w.r.t. (ct_aug, ct_orig, ct_neg) of the unmasked problem, on the h x w grid."""
     c_aa, c_aq, c_qa, c_qq, c_ap, c_pa, c_pp = coefs
     eps = pb.eps
-    My, Mx = pb.uy.T @ pb.uy, pb.ux.T @ pb.ux
+    My, Mx = pb.my, pb.mx
     w = pb.weight
     # U^T a_j = M ct_j + eps w ; U^T p_i = U^T V_i ct_orig_i + eps w ; V_i^T a_i, V_i^T p_i likewise.
     ut_a = _sep(My, pb.ct_aug, Mx) + eps * w

@@ -140,14 +140,19 @@ def _describe(x) -> str:
     return type(x).__name__
 
 
+def _compiling() -> bool:
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling and is_compiling())
+
+
 def compact_grads(grads: torch.Tensor) -> torch.Tensor:
     """The ``[B, K]`` form of a gradient that is constant over space, else ``grads`` unchanged.
 
     A spatially expanded (stride-0) view such as :func:`sgc_fast.head_grads` returns is replaced by the
     compact tensor it views, so that gradients flow to that tensor without a full-size ``dG``.
     """
-    if grads.dim() != 4 or grads.stride(2) != 0 or grads.stride(3) != 0:
-        return grads
+    if grads.dim() != 4 or _compiling() or grads.stride(2) != 0 or grads.stride(3) != 0:
+        return grads  # (under torch.compile, views have no inspectable _base: the general path)
     B, K = grads.shape[:2]
     base = grads._base
     if base is None or base.numel() != B * K or base.storage_offset() != grads.storage_offset():
@@ -418,14 +423,15 @@ def check_contrast_args(cam_orig, cam_aug, mask, crop, flip, size, temperature, 
             raise ValueError("crop: given without flip (pass flip=torch.zeros(B, dtype=torch.bool) for no flips)")
         _check_tensor("crop", crop, (B, 4), dev, _INT_DTYPES)
         _check_tensor("flip", flip, (B,), dev, (torch.bool,))
-        top, left, ch, cw = crop.unbind(1)
-        bad = (top < 0) | (left < 0) | (ch < 1) | (cw < 1) | (top + ch > H) | (left + cw > W)
-        if bool(bad.any()):
-            b = int(bad.nonzero()[0, 0])
-            raise ValueError(
-                f"crop: box {crop[b].tolist()} of sample {b} is empty or outside the {H}x{W} map "
-                "(expected top, left >= 0, height, width >= 1, top + height <= H, left + width <= W)"
-            )
+        if _check_values(dev):
+            top, left, ch, cw = crop.unbind(1)
+            bad = (top < 0) | (left < 0) | (ch < 1) | (cw < 1) | (top + ch > H) | (left + cw > W)
+            if bool(bad.any()):
+                b = int(bad.nonzero()[0, 0])
+                raise ValueError(
+                    f"crop: box {crop[b].tolist()} of sample {b} is empty or outside the {H}x{W} map "
+                    "(expected top, left >= 0, height, width >= 1, top + height <= H, left + width <= W)"
+                )
     if neg_cam is None:
         if neg_mask is not None:
             raise ValueError("neg_mask: given without neg_cam")
@@ -451,12 +457,18 @@ def check_contrast_args(cam_orig, cam_aug, mask, crop, flip, size, temperature, 
         _check_tensor("neg_mask", neg_mask, (N, H, W), dev, _MASK_DTYPES)
     if self_index is not None:
         _check_tensor("self_index", self_index, (B,), dev, _INT_DTYPES)
-        if bool(((self_index < -1) | (self_index >= N)).any()):
+        if _check_values(dev) and bool(((self_index < -1) | (self_index >= N)).any()):
             raise ValueError(f"self_index: values must lie in [-1, {N}), got {self_index.tolist()}")
 
 
 _MASK_DTYPES = (torch.bool, torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def _check_values(device: torch.device) -> bool:
+    """Whether to check the values of crop and self_index (a host synchronisation on a GPU): always for
+    CPU tensors; for GPU tensors only with SGC_FAST_CHECK_VALUES=1."""
+    return device.type == "cpu" or os.environ.get("SGC_FAST_CHECK_VALUES", "0") == "1"
 
 
 def _check_tensor(name, t, shape, device, dtypes) -> None:
