@@ -18,7 +18,6 @@ autotune configs, how kernels are launched).
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import torch
 
@@ -30,16 +29,18 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 try:
     import triton  # noqa: F401
 
-    _TRITON_ERROR: Optional[str] = None
+    _TRITON_ERROR: str | None = None
 except ImportError as exc:  # pragma: no cover - exercised only without triton
     _TRITON_ERROR = f"triton not importable ({exc})"
 
 
-def unavailable_reason(device: torch.device | str) -> Optional[str]:
+def unavailable_reason(device: torch.device | str) -> str | None:
     """Why the Triton kernels cannot run on tensors on ``device`` (None when they can)."""
     device = torch.device(device)
     if _TRITON_ERROR is not None:
         return _TRITON_ERROR
+    if not hasattr(torch.library, "triton_op"):
+        return f"torch {torch.__version__} has no torch.library.triton_op (needs torch >= 2.6)"
     if device.type == "cuda":
         if not torch.cuda.is_available():
             return "CUDA not available"
@@ -74,12 +75,12 @@ def batched_cam(feats: torch.Tensor, grads: torch.Tensor, kind: str) -> torch.Te
 def contrast_logits(
     cam_orig: torch.Tensor,
     cam_aug: torch.Tensor,
-    mask: Optional[torch.Tensor],
-    crop: Optional[torch.Tensor],
-    flip: Optional[torch.Tensor],
-    neg_cam: Optional[torch.Tensor],
-    neg_mask: Optional[torch.Tensor],
-    self_index: Optional[torch.Tensor],
+    mask: torch.Tensor | None,
+    crop: torch.Tensor | None,
+    flip: torch.Tensor | None,
+    neg_cam: torch.Tensor | None,
+    neg_mask: torch.Tensor | None,
+    self_index: torch.Tensor | None,
     size: list[int],
     temperature: float,
     eps: float,

@@ -1,3 +1,4 @@
+# ruff: noqa: UP045 - custom_op schemas are inferred from the annotations: keep typing.Optional there
 """contrast_logits on the Triton backend: the shared float64 glue of :mod:`sgc_fast.ops` / :mod:`sgc_fast.contrast`
 around the Triton sweep (:mod:`.contrast_sweep_kernel`).
 
@@ -69,6 +70,7 @@ def _(cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, size, 
 def _setup_context(ctx, inputs, output):
     cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, size, temperature, eps = inputs
     ctx.size, ctx.temperature, ctx.eps = size, temperature, eps
+    ctx.problem = ops.take_problem(output[1])  # the forward's interpolation matrices, reused by the backward
     ctx.save_for_backward(cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, output[1])
 
 
@@ -76,7 +78,7 @@ def _backward(ctx, grad_logits, grad_stats):
     cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, packed = ctx.saved_tensors
     d_orig, d_aug, d_neg = ops.contrast_backward(
         _sweep_backward, grad_logits, packed, cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index,
-        ctx.size, ctx.temperature, ctx.eps,
+        ctx.size, ctx.temperature, ctx.eps, pb=ctx.problem,
     )
     return d_orig, d_aug, None, None, None, d_neg, None, None, None, None, None
 
@@ -92,6 +94,7 @@ class ContrastLogitsFunction(torch.autograd.Function):
         logits, packed = ops.contrast_forward(_sweep, cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask,
                                               self_index, size, temperature, eps)
         ctx.size, ctx.temperature, ctx.eps = size, temperature, eps
+        ctx.problem = ops.take_problem(packed)
         ctx.save_for_backward(cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, packed)
         return logits
 

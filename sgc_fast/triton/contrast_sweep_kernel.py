@@ -16,13 +16,13 @@ No H x W map is ever stored.
 
 Tiling. A tile is one output row Y times BLOCK_X columns of BLOCK_B maps. It is regenerated from the CAMs:
 the row interpolation ``rows[i, x] = sum_y Uy[Y, y] ct_i[y, x]`` once per row (zero weights skipped), then
-``tile = rows @ Ux[X, :]^T`` as a ``tl.dot`` with K = w padded to 16, plus eps, times the mask. The per-sample
-warp V_i of the original view is applied with [BLOCK_B, BLOCK_X, w] broadcasts instead (its own kernels:
-those are O(B H W) work, not O(B^2 H W)).
+``tile = rows @ Ux[X, :]^T`` as a ``tl.dot`` with K = w padded to 16, plus eps, times the mask. The original
+view uses the same path when it is not warped; a per-sample warp V_i (CGC crop) is applied with
+[BLOCK_B, BLOCK_X, w] broadcasts instead (only in the O(B H W) kernels).
 - ``_gram_kernel``: program (row block, column block, row chunk) accumulates the Gram block
   ``tl.dot(A_rows, A_cols^T)`` over its chunk's tiles (IEEE fp32 by default); without separate negatives only
-  blocks on or above the diagonal are computed (the others store zeros) and a diagonal block regenerates
-  one tile, not two. Per-chunk partials [chunks, B, Nq] are summed by torch in float64, in chunk order.
+  blocks on or above the diagonal are computed (the others store zeros). Per-chunk partials [chunks, B, Nq]
+  are summed by torch in float64, in chunk order (deterministic, no atomics).
 - ``_norms_kernel``: program (sample block, row chunk): |a|^2, a.p, |p|^2 (or |q|^2) per sample.
 - ``_field_grad_kernel`` (backward, O(B Nq H W)): program (row block, row chunk) forms the field tile of its
   samples, ``sum_j C[i, j] S_j`` (tl.dot of a coefficient block with regenerated tiles of every column block)
@@ -31,10 +31,13 @@ those are O(B H W) work, not O(B^2 H W)).
   scattered, no atomics). The y-adjoint ``g[i,y,x] = sum_Y Uy[Y,y] r[Y,i,x]`` is a small float64 einsum.
 - ``_pos_grad_kernel`` (backward, O(B H W)): the c_ap P term of dA and the field dP through V_i, the same way.
 Backward recomputes every tile from the CAMs (nothing of size H x W is saved between the passes).
+float64 maps run the same kernels with the products as broadcast sums in small tiles (_FLOAT64_CONFIG).
 Work (B = Nq = 256, 7x7 -> 224x224): forward ~B^2 H W / 2 multiply-adds for the Gram (6.6 GFLOP for the full
 matrix) plus ~B^2 H W * 16 / BLOCK_B for the regeneration; backward ~B^2 H W for the fields plus the same
 regeneration overhead. Memory traffic: the masks (B*H*W bytes, re-read per column block from L2), the CAMs,
 partials of [chunks, B, Nq] floats; B*H*w floats of row partials in backward.
+Measured (H200, Triton 3.6, B=256, fp32 IEEE): Gram 0.6 ms (~11 TFLOP/s; tf32x3 0.2-0.28 ms, tf32 0.1 ms),
+field kernel 0.58 ms, norms 0.1 ms, pos 0.13 ms.
 """
 
 from __future__ import annotations
@@ -47,14 +50,18 @@ from .launch import DOT_MIN, launcher, next_pow2, split_count, tuned
 
 __all__ = ["contrast_sweep", "contrast_sweep_backward"]
 
-#: tl.dot precision for float32 tiles: IEEE by default (DESIGN §4); "tf32"/"tf32x3" would be an opt-in.
-DOT_PRECISION: tl.constexpr = tl.constexpr("ieee")
+#: tl.dot precision of float32 tiles, a constexpr of every kernel: IEEE by default (DESIGN §4); "tf32x3" or
+#: "tf32" (tensor cores) would be an opt-in.
+DOT_PRECISION = "ieee"
+#: Reuse the row tile as the column tile in diagonal Gram blocks. Off: the runtime branch it needs made the
+#: kernel 5-10x slower on an H200 (Triton 3.6) than regenerating both tiles.
+REUSE_DIAGONAL_TILE = False
 
 # Tile configs: BLOCK_B maps x BLOCK_X pixels of one row. GPU lists are autotuned; the interpreter gets one.
 _GRAM_CONFIGS = [
     triton.Config({"BLOCK_B": 64, "BLOCK_X": 64}, num_warps=4),
+    triton.Config({"BLOCK_B": 64, "BLOCK_X": 32}, num_warps=4),
     triton.Config({"BLOCK_B": 64, "BLOCK_X": 64}, num_warps=8),
-    triton.Config({"BLOCK_B": 128, "BLOCK_X": 32}, num_warps=8),
     triton.Config({"BLOCK_B": 128, "BLOCK_X": 64}, num_warps=8),
 ]
 _FIELD_CONFIGS = [
@@ -64,9 +71,12 @@ _FIELD_CONFIGS = [
 ]
 _PER_SAMPLE_CONFIGS = [
     triton.Config({"BLOCK_B": 16, "BLOCK_X": 64}, num_warps=4),
+    triton.Config({"BLOCK_B": 16, "BLOCK_X": 32}, num_warps=4),
     triton.Config({"BLOCK_B": 32, "BLOCK_X": 32}, num_warps=4),
 ]
 _INTERPRET_CONFIG = triton.Config({"BLOCK_B": 16, "BLOCK_X": 16}, num_warps=4)
+#: The only config for float64 maps (products as broadcast sums: [BLOCK_B, K, BLOCK_X] live in registers).
+_FLOAT64_CONFIG = triton.Config({"BLOCK_B": 16, "BLOCK_X": 16}, num_warps=4)
 #: BLOCK_B of the GPU configs used to size the launch (programs per row chunk); autotuning may pick another.
 _SIZING_BLOCK_B = 64
 _KEY = ["n_r", "H", "W", "h", "w"]
@@ -75,6 +85,24 @@ _KEY = ["n_r", "H", "W", "h", "w"]
 # ----------------------------------------------------------------------------------------------------------------
 # Tile regeneration
 # ----------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _mm(a, b, PRECISION: tl.constexpr):
+    """a @ b: tl.dot (IEEE for float32 by default); float64 tiles (small: _FLOAT64_CONFIG) as a broadcast sum,
+    since Triton 3.6 cannot lower a float64 tl.dot on sm_90."""
+    if a.dtype == tl.float64:
+        return tl.sum(a[:, :, None] * b[None, :, :], 1)
+    else:
+        return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def _expand_shared(rows, ux_ptr, X, x_ok, w, W_DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """rows @ Ux[X, :]^T: [BLOCK_B, BLOCK_X]."""
+    xs = tl.arange(0, W_DOT)
+    ux_t = tl.load(ux_ptr + X[None, :] * w + xs[:, None], mask=(xs[:, None] < w) & x_ok[None, :], other=0.0)
+    return _mm(rows, ux_t, PRECISION)
 
 
 @triton.jit
@@ -92,11 +120,10 @@ def _rows_shared(ct_ptr, i_idx, i_ok, uy_ptr, Y, h, w, BLOCK_B: tl.constexpr, W_
 
 
 @triton.jit
-def _tile_shared(rows, ux_ptr, X, x_ok, w, eps, mask_ptr, i_idx, i_ok, Y, sm0, sm1, sm2, W_DOT: tl.constexpr):
+def _tile_shared(rows, ux_ptr, X, x_ok, w, eps, mask_ptr, i_idx, i_ok, Y, sm0, sm1, sm2, W_DOT: tl.constexpr,
+                 PRECISION: tl.constexpr):
     """mask_i . (rows @ Ux[X, :]^T + eps) for pixels (Y, X): [BLOCK_B, BLOCK_X]; zero outside the map."""
-    xs = tl.arange(0, W_DOT)
-    ux_t = tl.load(ux_ptr + X[None, :] * w + xs[:, None], mask=(xs[:, None] < w) & x_ok[None, :], other=0.0)
-    v = tl.dot(rows, ux_t, input_precision=DOT_PRECISION) + eps
+    v = _expand_shared(rows, ux_ptr, X, x_ok, w, W_DOT, PRECISION) + eps
     keep = i_ok[:, None] & x_ok[None, :]
     m = tl.load(mask_ptr + i_idx[:, None] * sm0 + Y * sm1 + X[None, :] * sm2, mask=keep, other=0)
     return tl.where(keep & (m != 0), v, 0.0)
@@ -116,6 +143,16 @@ def _rows_warped(ct_ptr, i_idx, i_ok, vy_ptr, svy, Y, H, h, w, BLOCK_B: tl.const
 
 
 @triton.jit
+def _rows_of_p(ct_ptr, i_idx, i_ok, uy_ptr, vy_ptr, svy, Y, H, h, w, BLOCK_B: tl.constexpr, W_P: tl.constexpr,
+               WARPED: tl.constexpr):
+    """Row interpolation of the original view: per-sample Vy_i (WARPED) or the shared Uy."""
+    if WARPED:
+        return _rows_warped(ct_ptr, i_idx, i_ok, vy_ptr, svy, Y, H, h, w, BLOCK_B, W_P)
+    else:
+        return _rows_shared(ct_ptr, i_idx, i_ok, uy_ptr, Y, h, w, BLOCK_B, W_P)
+
+
+@triton.jit
 def _vx_tile(vx_ptr, svx, i_idx, i_ok, X, x_ok, w, W_P2: tl.constexpr):
     """Vx_i[X, x] as [BLOCK_B, BLOCK_X, W_P2] (zero outside)."""
     xs = tl.arange(0, W_P2)
@@ -129,17 +166,19 @@ def _vx_tile(vx_ptr, svx, i_idx, i_ok, X, x_ok, w, W_P2: tl.constexpr):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@tuned(_GRAM_CONFIGS, _INTERPRET_CONFIG, _KEY + ["n_c", "SYMMETRIC"])
+@tuned(_GRAM_CONFIGS, _INTERPRET_CONFIG, float64_config=_FLOAT64_CONFIG, key=_KEY + ["n_c", "SYMMETRIC"])
 @triton.jit
 def _gram_kernel(
     part_ptr,  # [chunks, n_r, n_c]
     ct_r_ptr, mask_r_ptr, smr0, smr1, smr2, n_r,
     ct_c_ptr, mask_c_ptr, smc0, smc1, smc2, n_c,
-    uy_ptr, ux_ptr, H, W, h, w, eps, rows_per_chunk,
-    SYMMETRIC: tl.constexpr, W_DOT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_X: tl.constexpr,
+    uy_ptr, ux_ptr, H, W, h, w, eps_ptr, rows_per_chunk,
+    SYMMETRIC: tl.constexpr, REUSE_DIAG: tl.constexpr, W_DOT: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_X: tl.constexpr,
 ):
     pid = tl.program_id(0)
     chunk = tl.program_id(1)
+    eps = tl.load(eps_ptr)  # a tensor, so that float64 kernels get a float64 eps
     n_bc = tl.cdiv(n_c, BLOCK_B)
     bi = pid // n_bc
     bj = pid % n_bc
@@ -160,32 +199,34 @@ def _gram_kernel(
         for x0 in range(0, W, BLOCK_X):
             X = x0 + tl.arange(0, BLOCK_X)
             x_ok = X < W
-            t_r = _tile_shared(rows_r, ux_ptr, X, x_ok, w, eps, mask_r_ptr, i_idx, i_ok, Y, smr0, smr1, smr2, W_DOT)
-            if SYMMETRIC:
+            t_r = _tile_shared(rows_r, ux_ptr, X, x_ok, w, eps, mask_r_ptr, i_idx, i_ok, Y, smr0, smr1, smr2, W_DOT, PRECISION)
+            if SYMMETRIC and REUSE_DIAG:
                 if diag:  # a diagonal block: the column tile is the row tile
                     t_c = t_r
                 else:
                     t_c = _tile_shared(rows_c, ux_ptr, X, x_ok, w, eps, mask_c_ptr, j_idx, j_ok, Y, smc0, smc1,
-                                       smc2, W_DOT)
+                                       smc2, W_DOT, PRECISION)
             else:
                 t_c = _tile_shared(rows_c, ux_ptr, X, x_ok, w, eps, mask_c_ptr, j_idx, j_ok, Y, smc0, smc1, smc2,
-                                   W_DOT)
-            acc += tl.dot(t_r, tl.trans(t_c), input_precision=DOT_PRECISION)
+                                   W_DOT, PRECISION)
+            acc += _mm(t_r, tl.trans(t_c), PRECISION)
     out = part_ptr + (chunk * n_r + i_idx[:, None]).to(tl.int64) * n_c + j_idx[None, :]
     tl.store(out, acc, mask=i_ok[:, None] & j_ok[None, :])
 
 
-@tuned(_PER_SAMPLE_CONFIGS, _INTERPRET_CONFIG, _KEY + ["HAS_P"])
+@tuned(_PER_SAMPLE_CONFIGS, _INTERPRET_CONFIG, float64_config=_FLOAT64_CONFIG, key=_KEY + ["HAS_P"])
 @triton.jit
 def _norms_kernel(
     part_ptr,  # [chunks, 3, n_r]: |a|^2, a.p, |p|^2
     ct_ptr, mask_ptr, sm0, sm1, sm2, n_r,
     ct_p_ptr, vy_ptr, svy, vx_ptr, svx,
-    uy_ptr, ux_ptr, H, W, h, w, eps, rows_per_chunk,
-    HAS_P: tl.constexpr, W_DOT: tl.constexpr, W_P2: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_X: tl.constexpr,
+    uy_ptr, ux_ptr, H, W, h, w, eps_ptr, rows_per_chunk,
+    HAS_P: tl.constexpr, WARPED: tl.constexpr, W_DOT: tl.constexpr, W_P2: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_X: tl.constexpr,
 ):
     bi = tl.program_id(0)
     chunk = tl.program_id(1)
+    eps = tl.load(eps_ptr)  # a tensor, so that float64 kernels get a float64 eps
     dt = ct_ptr.dtype.element_ty
     i_idx = bi * BLOCK_B + tl.arange(0, BLOCK_B)
     i_ok = i_idx < n_r
@@ -197,16 +238,19 @@ def _norms_kernel(
     for Y in range(y_lo, y_hi):
         rows_a = _rows_shared(ct_ptr, i_idx, i_ok, uy_ptr, Y, h, w, BLOCK_B, W_DOT)
         if HAS_P:
-            rows_p = _rows_warped(ct_p_ptr, i_idx, i_ok, vy_ptr, svy, Y, H, h, w, BLOCK_B, W_P2)
+            rows_p = _rows_of_p(ct_p_ptr, i_idx, i_ok, uy_ptr, vy_ptr, svy, Y, H, h, w, BLOCK_B, W_P2, WARPED)
         for x0 in range(0, W, BLOCK_X):
             X = x0 + tl.arange(0, BLOCK_X)
             x_ok = X < W
-            a = _tile_shared(rows_a, ux_ptr, X, x_ok, w, eps, mask_ptr, i_idx, i_ok, Y, sm0, sm1, sm2, W_DOT)
+            a = _tile_shared(rows_a, ux_ptr, X, x_ok, w, eps, mask_ptr, i_idx, i_ok, Y, sm0, sm1, sm2, W_DOT, PRECISION)
             aa += tl.sum(a * a, 1)
             if HAS_P:
-                vx_t = _vx_tile(vx_ptr, svx, i_idx, i_ok, X, x_ok, w, W_P2)
-                p = tl.sum(rows_p[:, None, :] * vx_t, 2) + eps
-                p = tl.where(i_ok[:, None] & x_ok[None, :], p, 0.0)
+                if WARPED:
+                    vx_t = _vx_tile(vx_ptr, svx, i_idx, i_ok, X, x_ok, w, W_P2)
+                    p = tl.sum(rows_p[:, None, :] * vx_t, 2)
+                else:
+                    p = _expand_shared(rows_p, ux_ptr, X, x_ok, w, W_P2, PRECISION)
+                p = tl.where(i_ok[:, None] & x_ok[None, :], p + eps, 0.0)
                 ap += tl.sum(a * p, 1)
                 pp += tl.sum(p * p, 1)
     out = part_ptr + (chunk * 3) * n_r + i_idx
@@ -220,7 +264,7 @@ def _norms_kernel(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@tuned(_FIELD_CONFIGS, _INTERPRET_CONFIG, _KEY + ["n_c", "HAS_SELF"])
+@tuned(_FIELD_CONFIGS, _INTERPRET_CONFIG, float64_config=_FLOAT64_CONFIG, key=_KEY + ["n_c", "HAS_SELF"])
 @triton.jit
 def _field_grad_kernel(
     rpart_ptr,  # [H, n_r, w]: x-adjoint of the masked field, per output row
@@ -228,11 +272,13 @@ def _field_grad_kernel(
     ct_c_ptr, mask_c_ptr, smc0, smc1, smc2, n_c,
     coef_ptr,  # [n_r, n_c] contiguous
     self_ptr,  # [n_r]: coefficient of the row's own map (HAS_SELF)
-    uy_ptr, ux_ptr, H, W, h, w, eps, rows_per_chunk,
-    HAS_SELF: tl.constexpr, W_DOT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_X: tl.constexpr,
+    uy_ptr, ux_ptr, H, W, h, w, eps_ptr, rows_per_chunk,
+    HAS_SELF: tl.constexpr, W_DOT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
+    BLOCK_X: tl.constexpr,
 ):
     bi = tl.program_id(0)
     chunk = tl.program_id(1)
+    eps = tl.load(eps_ptr)  # a tensor, so that float64 kernels get a float64 eps
     dt = ct_r_ptr.dtype.element_ty
     i_idx = bi * BLOCK_B + tl.arange(0, BLOCK_B)
     i_ok = i_idx < n_r
@@ -254,24 +300,24 @@ def _field_grad_kernel(
                 j_ok = j_idx < n_c
                 rows_c = _rows_shared(ct_c_ptr, j_idx, j_ok, uy_ptr, Y, h, w, BLOCK_B, W_DOT)
                 t_c = _tile_shared(rows_c, ux_ptr, X, x_ok, w, eps, mask_c_ptr, j_idx, j_ok, Y, smc0, smc1, smc2,
-                                   W_DOT)
+                                   W_DOT, PRECISION)
                 c = tl.load(coef_ptr + i_idx[:, None] * n_c + j_idx[None, :], mask=i_ok[:, None] & j_ok[None, :],
                             other=0.0)
-                field += tl.dot(c, t_c, input_precision=DOT_PRECISION)
+                field += _mm(c, t_c, PRECISION)
             if HAS_SELF:
                 t_self = _tile_shared(rows_self, ux_ptr, X, x_ok, w, eps, mask_r_ptr, i_idx, i_ok, Y, smr0, smr1,
-                                      smr2, W_DOT)
+                                      smr2, W_DOT, PRECISION)
                 field += d_self[:, None] * t_self
             keep = i_ok[:, None] & x_ok[None, :]
             m = tl.load(mask_r_ptr + i_idx[:, None] * smr0 + Y * smr1 + X[None, :] * smr2, mask=keep, other=0)
             field = tl.where(keep & (m != 0), field, 0.0)
             ux_b = tl.load(ux_ptr + X[:, None] * w + xs[None, :], mask=x_ok[:, None] & (xs[None, :] < w), other=0.0)
-            r += tl.dot(field, ux_b, input_precision=DOT_PRECISION)
+            r += _mm(field, ux_b, PRECISION)
         out = rpart_ptr + (Y * n_r + i_idx[:, None]).to(tl.int64) * w + xs[None, :]
         tl.store(out, r, mask=i_ok[:, None] & (xs[None, :] < w))
 
 
-@tuned(_PER_SAMPLE_CONFIGS, _INTERPRET_CONFIG, _KEY)
+@tuned(_PER_SAMPLE_CONFIGS, _INTERPRET_CONFIG, float64_config=_FLOAT64_CONFIG, key=_KEY)
 @triton.jit
 def _pos_grad_kernel(
     ra_ptr,  # [H, n_r, w]: x-adjoint of mask . c_ap P (through Ux)
@@ -279,11 +325,13 @@ def _pos_grad_kernel(
     ct_ptr, mask_ptr, sm0, sm1, sm2, n_r,
     ct_p_ptr, vy_ptr, svy, vx_ptr, svx,
     c_ap_ptr, c_pa_ptr, c_pp_ptr,
-    uy_ptr, ux_ptr, H, W, h, w, eps, rows_per_chunk,
-    W_DOT: tl.constexpr, W_P2: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_X: tl.constexpr,
+    uy_ptr, ux_ptr, H, W, h, w, eps_ptr, rows_per_chunk,
+    WARPED: tl.constexpr, W_DOT: tl.constexpr, W_P2: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
+    BLOCK_X: tl.constexpr,
 ):
     bi = tl.program_id(0)
     chunk = tl.program_id(1)
+    eps = tl.load(eps_ptr)  # a tensor, so that float64 kernels get a float64 eps
     dt = ct_ptr.dtype.element_ty
     i_idx = bi * BLOCK_B + tl.arange(0, BLOCK_B)
     i_ok = i_idx < n_r
@@ -296,22 +344,30 @@ def _pos_grad_kernel(
     y_hi = tl.minimum(H, y_lo + rows_per_chunk)
     for Y in range(y_lo, y_hi):
         rows_a = _rows_shared(ct_ptr, i_idx, i_ok, uy_ptr, Y, h, w, BLOCK_B, W_DOT)
-        rows_p = _rows_warped(ct_p_ptr, i_idx, i_ok, vy_ptr, svy, Y, H, h, w, BLOCK_B, W_P2)
+        rows_p = _rows_of_p(ct_p_ptr, i_idx, i_ok, uy_ptr, vy_ptr, svy, Y, H, h, w, BLOCK_B, W_P2, WARPED)
         ra = tl.zeros([BLOCK_B, W_DOT], dtype=dt)
         rp = tl.zeros([BLOCK_B, W_P2], dtype=dt)
         for x0 in range(0, W, BLOCK_X):
             X = x0 + tl.arange(0, BLOCK_X)
             x_ok = X < W
             keep = i_ok[:, None] & x_ok[None, :]
-            a = _tile_shared(rows_a, ux_ptr, X, x_ok, w, eps, mask_ptr, i_idx, i_ok, Y, sm0, sm1, sm2, W_DOT)
-            vx_t = _vx_tile(vx_ptr, svx, i_idx, i_ok, X, x_ok, w, W_P2)
-            p = tl.where(keep, tl.sum(rows_p[:, None, :] * vx_t, 2) + eps, 0.0)
+            a = _tile_shared(rows_a, ux_ptr, X, x_ok, w, eps, mask_ptr, i_idx, i_ok, Y, sm0, sm1, sm2, W_DOT, PRECISION)
+            if WARPED:
+                vx_t = _vx_tile(vx_ptr, svx, i_idx, i_ok, X, x_ok, w, W_P2)
+                p = tl.sum(rows_p[:, None, :] * vx_t, 2)
+            else:
+                p = _expand_shared(rows_p, ux_ptr, X, x_ok, w, W_P2, PRECISION)
+            p = tl.where(keep, p + eps, 0.0)
             m = tl.load(mask_ptr + i_idx[:, None] * sm0 + Y * sm1 + X[None, :] * sm2, mask=keep, other=0)
             d_a = tl.where(m != 0, c_ap * p, 0.0)
             ux_b = tl.load(ux_ptr + X[:, None] * w + xs[None, :], mask=x_ok[:, None] & (xs[None, :] < w), other=0.0)
-            ra += tl.dot(d_a, ux_b, input_precision=DOT_PRECISION)
+            ra += _mm(d_a, ux_b, PRECISION)
             d_p = c_pa * a + c_pp * p
-            rp += tl.sum(d_p[:, :, None] * vx_t, 1)
+            if WARPED:
+                rp += tl.sum(d_p[:, :, None] * vx_t, 1)
+            else:
+                ux_p = tl.load(ux_ptr + X[:, None] * w + xp[None, :], mask=x_ok[:, None] & (xp[None, :] < w), other=0.0)
+                rp += _mm(d_p, ux_p, PRECISION)
         row = (Y * n_r + i_idx[:, None]).to(tl.int64) * w
         tl.store(ra_ptr + row + xs[None, :], ra, mask=i_ok[:, None] & (xs[None, :] < w))
         tl.store(rp_ptr + row + xp[None, :], rp, mask=i_ok[:, None] & (xp[None, :] < w))
@@ -344,7 +400,7 @@ def _check_inputs(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask) ->
     dt = cam_aug.dtype
     torch._check(dt in (torch.float32, torch.float64), lambda: f"cam_aug: expected float32 or float64, got {dt}")
     for name, t in (("cam_orig", cam_orig), ("neg_cam", neg_cam), ("uy", uy), ("ux", ux), ("vy", vy), ("vx", vx)):
-        torch._check(t.dtype == dt, lambda: f"{name}: expected the dtype of cam_aug ({dt}), got {t.dtype}")
+        torch._check(t.dtype == dt, lambda name=name, t=t: f"{name}: expected the dtype of cam_aug ({dt}), got {t.dtype}")
 
 
 class _Geometry:
@@ -361,9 +417,11 @@ class _Geometry:
         self.H, self.W = uy.shape[0], ux.shape[0]
         self.svy = self.H * self.h if vy.shape[0] > 1 else 0
         self.svx = self.W * self.w if vx.shape[0] > 1 else 0
-        self.eps = float(eps)
+        self.eps = torch.full((1,), float(eps), dtype=cam_aug.dtype, device=cam_aug.device)
         self.w_dot = next_pow2(self.w, DOT_MIN)
-        self.w_p2 = next_pow2(self.w)
+        # The original view: per-sample warp (3-D broadcasts, width w_p2) or the shared upsampling (tl.dot).
+        self.warped = vy.shape[0] > 1
+        self.w_p = next_pow2(self.w) if self.warped else self.w_dot
         self.dev = cam_aug.device
 
     def chunks(self, programs_per_chunk: int) -> tuple[int, int]:
@@ -387,9 +445,10 @@ def _norms(g: _Geometry, ct, mask, has_p: bool):
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_B"]), n_chunks)  # noqa: E731
     launcher(_norms_kernel)[grid](
         part, ct, mask, *mask.stride(), n, g.ct_orig, g.vy, g.svy, g.vx, g.svx, *g.geometry_args(), rows,
-        HAS_P=has_p, W_DOT=g.w_dot, W_P2=g.w_p2,
+        HAS_P=has_p, WARPED=g.warped, W_DOT=g.w_dot, W_P2=g.w_p, PRECISION=DOT_PRECISION,
     )
-    return part.sum(0, dtype=torch.float64)
+    # One reduction per statistic: a custom op's outputs must not share storage.
+    return [part[:, k].sum(0, dtype=torch.float64) for k in range(3)]
 
 
 def contrast_sweep(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask, eps):
@@ -397,8 +456,7 @@ def contrast_sweep(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask, e
     _check_inputs(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask)
     g = _Geometry(cam_aug, cam_orig, uy, ux, vy, vx, neg_cam, eps)
     B, separate = g.B, g.N > 0
-    norms = _norms(g, g.ct_aug, mask, True)
-    norm_aug, pos, norm_orig = norms[0], norms[1], norms[2]
+    norm_aug, pos, norm_orig = _norms(g, g.ct_aug, mask, True)
     if separate:
         ct_c, mask_c, NQ = g.ct_neg, neg_mask, g.N
         n_pairs = _blocks(B) * _blocks(NQ)
@@ -410,7 +468,7 @@ def contrast_sweep(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask, e
     grid = lambda meta: (triton.cdiv(B, meta["BLOCK_B"]) * triton.cdiv(NQ, meta["BLOCK_B"]), n_chunks)  # noqa: E731
     launcher(_gram_kernel)[grid](
         part, g.ct_aug, mask, *mask.stride(), B, ct_c, mask_c, *mask_c.stride(), NQ, *g.geometry_args(), rows,
-        SYMMETRIC=not separate, W_DOT=g.w_dot,
+        SYMMETRIC=not separate, REUSE_DIAG=REUSE_DIAGONAL_TILE, W_DOT=g.w_dot, PRECISION=DOT_PRECISION,
     )
     gram = part.sum(0, dtype=torch.float64)
     if separate:
@@ -419,7 +477,7 @@ def contrast_sweep(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask, e
         # Entries above the diagonal were computed; mirror them, and take |a|^2 as the diagonal.
         upper = torch.triu(gram, 1)
         gram = upper + upper.T + torch.diag(norm_aug)
-        norm_neg = norm_aug
+        norm_neg = norm_aug.clone()
     return gram, pos, norm_aug, norm_orig, norm_neg
 
 
@@ -434,7 +492,7 @@ def _field_rows(g: _Geometry, ct_r, mask_r, ct_c, mask_c, coef, self_coef):
     grid = lambda meta: (triton.cdiv(n_r, meta["BLOCK_B"]), n_chunks)  # noqa: E731
     launcher(_field_grad_kernel)[grid](
         out, ct_r, mask_r, *mask_r.stride(), n_r, ct_c, mask_c, *mask_c.stride(), n_c, coef, self_coef,
-        *g.geometry_args(), rows, HAS_SELF=has_self, W_DOT=g.w_dot,
+        *g.geometry_args(), rows, HAS_SELF=has_self, W_DOT=g.w_dot, PRECISION=DOT_PRECISION,
     )
     return out
 
@@ -471,7 +529,7 @@ def contrast_sweep_backward(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, ne
     launcher(_pos_grad_kernel)[grid](
         ra, rp, g.ct_aug, mask, *mask.stride(), B, g.ct_orig, g.vy, g.svy, g.vx, g.svx,
         coef_ap.to(dt).contiguous(), coef_pa.to(dt).contiguous(), coef_pp.to(dt).contiguous(),
-        *g.geometry_args(), rows, W_DOT=g.w_dot, W_P2=g.w_p2,
+        *g.geometry_args(), rows, WARPED=g.warped, W_DOT=g.w_dot, W_P2=g.w_p, PRECISION=DOT_PRECISION,
     )
     grad_aug = _y_adjoint(g.uy, r_aug.to(torch.float64) + ra.to(torch.float64))
     grad_orig = _y_adjoint(g.vy, rp)

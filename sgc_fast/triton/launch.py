@@ -35,23 +35,37 @@ def launcher(kernel):
     return torch.library.wrap_triton(kernel)
 
 
-def tuned(configs: list, interpret_config, key: list[str]):
-    """``triton.autotune`` over ``configs`` on the GPU; the single ``interpret_config`` under the interpreter."""
-    return triton.autotune(configs=[interpret_config] if INTERPRET else configs, key=key)
+def tuned(configs: list, interpret_config, key: list[str], float64_config=None):
+    """``triton.autotune`` over ``configs`` on the GPU; the single ``interpret_config`` under the interpreter.
+
+    With ``float64_config``, launches with any float64 tensor argument use that config alone (and the
+    autotune key includes the dtypes, so float32 and float64 launches are tuned apart)."""
+    if INTERPRET:
+        return triton.autotune(configs=[interpret_config], key=key)
+    if float64_config is None:
+        return triton.autotune(configs=configs, key=key)
+
+    def prune(configs, named_args, **kwargs):
+        if any(getattr(v, "dtype", None) == torch.float64 for v in named_args.values()):
+            return [float64_config]
+        return [c for c in configs if c is not float64_config]
+
+    return triton.autotune(configs=configs + [float64_config], key=key,
+                           prune_configs_by={"early_config_prune": prune})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def split_count(device: torch.device, programs_per_split: int, limit: int) -> int:
+def split_count(device: torch.device, programs_per_split: int, limit: int, programs_per_sm: int = PROGRAMS_PER_SM) -> int:
     """How many partial results to split a launch into, given the programs each split contributes
-    (``programs_per_split``) and the most splits that make sense (``limit``)."""
+    (``programs_per_split``), the most splits that make sense (``limit``) and the programs per SM to aim for."""
     if INTERPRET or device.type != "cuda":
         return max(1, min(INTERPRET_SPLITS, limit))
     index = device.index if device.index is not None else torch.cuda.current_device()
-    want = triton.cdiv(PROGRAMS_PER_SM * _sm_count(index), max(1, programs_per_split))
+    want = triton.cdiv(programs_per_sm * _sm_count(index), max(1, programs_per_split))
     return max(1, min(want, limit))
 
 
