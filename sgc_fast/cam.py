@@ -75,7 +75,7 @@ def head_grads(weight: torch.Tensor, feats: torch.Tensor, targets: torch.Tensor)
 class Captured:
     """Holds the most recent output of the captured layer (``.feats``)."""
 
-    __slots__ = ("feats",)
+    __slots__ = ("feats", "__weakref__")
 
     def __init__(self) -> None:
         self.feats: torch.Tensor | None = None
@@ -84,6 +84,8 @@ class Captured:
 def _resolve_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
     if isinstance(layer, nn.Module):
         return layer
+    if not isinstance(layer, str) or not layer:
+        raise ValueError(f"layer: expected a submodule or its dotted name (e.g. 'layer4'), got {layer!r}")
     try:
         return model.get_submodule(layer)
     except AttributeError:

@@ -30,7 +30,7 @@ import functools
 from dataclasses import dataclass
 import torch
 
-from .interp import upsample_matrix, warp_matrices
+from .interp import cacheable, upsample_matrix, warp_matrices
 from .reference import NORM_EPS
 
 __all__ = [
@@ -70,11 +70,14 @@ class Problem:
 
 def prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps) -> Problem:
     """Interpolation matrices and sum-normalised CAMs (float64)."""
-    H, W = int(size[0]), int(size[1])
+    H, W = size[0], size[1]
     _, h, w = cam_aug.shape
     dev = cam_aug.device
     f64 = torch.float64
-    uy, ux, weight, my, mx = _constants(H, W, h, w, dev)
+    if cacheable(H, W, h, w) and type(cam_aug) is torch.Tensor:
+        uy, ux, weight, my, mx = _constants(H, W, h, w, dev)
+    else:
+        uy, ux, weight, my, mx = _constants.__wrapped__(H, W, h, w, dev)
     if crop is not None:
         vy, vx = warp_matrices(crop, flip, (H, W), (h, w), f64)
     else:

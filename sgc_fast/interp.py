@@ -22,7 +22,22 @@ __all__ = ["upsample_matrix", "warp_matrices"]
 def _resize_matrix(out_size: int, in_size: int, dtype=torch.float64, device=None) -> torch.Tensor:
     """``[out_size, in_size]`` matrix of 1-D bilinear resizing with ``align_corners=False`` (cached: treat
     the result as read-only)."""
-    return _resize_matrix_cached(int(out_size), int(in_size), dtype, torch.device(device or "cpu"))
+    device = torch.device(device or "cpu")
+    if not cacheable(out_size, in_size):
+        return _resize_matrix_cached.__wrapped__(int(out_size), int(in_size), dtype, device)
+    return _resize_matrix_cached(int(out_size), int(in_size), dtype, device)
+
+
+def cacheable(*sizes) -> bool:
+    """Whether constant tensors may come from (and go into) a cache: plain integer sizes, no tracing
+    (torch.compile, fake or functional tensors), so that traced and real tensors never mix."""
+    if not all(type(s) is int for s in sizes):
+        return False
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and compiler.is_compiling():
+        return False
+    stack_len = getattr(torch._C, "_len_torch_dispatch_stack", None)
+    return stack_len is None or stack_len() == 0
 
 
 @functools.lru_cache(maxsize=64)

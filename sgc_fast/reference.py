@@ -14,6 +14,8 @@ Reduced-precision inputs (fp16/bf16) are computed in float32; float64 stays floa
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -25,11 +27,27 @@ __all__ = ["batched_cam", "cam_maps", "warp_maps", "contrast_logits", "saliency_
 NORM_EPS = 1e-12
 
 
+def _exact(fn):
+    """Run ``fn`` with autocast disabled on its tensors' device: the reference computes in float32 (or
+    float64) whatever autocast says, like the fused backends."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        dev = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+        if dev not in ("cpu", "cuda"):
+            return fn(*args, **kwargs)
+        with torch.autocast(dev, enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """float64 if any input is float64, else float32."""
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+@_exact
 def batched_cam(feats: torch.Tensor, grads: torch.Tensor, kind: str = "hires") -> torch.Tensor:
     """CAM of every sample: ``[B, K, h, w] x [B, K, h, w] -> [B, h, w]``.
 
@@ -46,6 +64,7 @@ def batched_cam(feats: torch.Tensor, grads: torch.Tensor, kind: str = "hires") -
     return torch.relu(z)
 
 
+@_exact
 def cam_maps(cam: torch.Tensor, size: tuple[int, int], eps: float = 1e-8) -> torch.Tensor:
     """Upsample ``[B, h, w]`` bilinearly to ``[B, H, W]`` (align_corners=False) and sum-normalise:
     ``m = u / (sum(u) + eps) + eps``."""
@@ -53,6 +72,7 @@ def cam_maps(cam: torch.Tensor, size: tuple[int, int], eps: float = 1e-8) -> tor
     return u / (u.sum((1, 2), keepdim=True) + eps) + eps
 
 
+@_exact
 def warp_maps(maps: torch.Tensor, crop: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     """CGC warp of full-size maps ``[B, H, W]``: crop each box, resize back to ``H x W`` bilinearly
     (align_corners=False), mirror horizontally where ``flip`` is set."""
@@ -63,6 +83,7 @@ def warp_maps(maps: torch.Tensor, crop: torch.Tensor, flip: torch.Tensor) -> tor
     return ry @ maps @ rx.transpose(1, 2)
 
 
+@_exact
 def contrast_logits(
     cam_orig: torch.Tensor,
     cam_aug: torch.Tensor,
@@ -109,6 +130,7 @@ def contrast_logits(
     return torch.cat([pos, neg], 1) / temperature
 
 
+@_exact
 def saliency_contrast_loss(
     feats_orig: torch.Tensor,
     grads_orig: torch.Tensor,

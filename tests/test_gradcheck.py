@@ -122,21 +122,70 @@ def batched_cam_samples():
                            "hires")
 
 
-@pytest.mark.parametrize("sample", list(range(6)))
-def test_opcheck_batched_cam(sample):
-    name, args = list(batched_cam_samples())[sample]
-    torch.library.opcheck(torch.ops.sgc_fast.batched_cam.default, args)
+OPCHECK_UTILS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+CAM_SAMPLES = ["dense", "dense_grad_kind", "compact", "float32", "channels_last", "bf16_no_grad"]
+
+
+@pytest.mark.parametrize("util", OPCHECK_UTILS)
+@pytest.mark.parametrize("sample", CAM_SAMPLES)
+def test_opcheck_batched_cam(sample, util):
+    args = dict(batched_cam_samples())[sample]
+    torch.library.opcheck(torch.ops.sgc_fast.batched_cam.default, args, test_utils=util)
 
 
 def contrast_op_args(case, dtype=F64):
-    inputs, kw = contrast_case(case)
+    # a geometry of its own (not the gradcheck tests'): tracing must not share cached state with them
+    inputs, kw = contrast_case(case, h=5, w=3, H=13, W=10)
     inputs = [t.detach().to(dtype).requires_grad_() for t in inputs]
     neg_cam = inputs[2] if len(inputs) > 2 else None
     return (inputs[0], inputs[1], kw.get("mask"), kw.get("crop"), kw.get("flip"), neg_cam, kw.get("neg_mask"),
             kw.get("self_index"), list(kw["size"]), float(kw["temperature"]), 1e-8)
 
 
-@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=str)
-@pytest.mark.parametrize("case", ["plain", "sgc", "cgc", "both", "separate", "separate_sgc"])
-def test_opcheck_contrast_logits(case, dtype):
-    torch.library.opcheck(_contrast_logits_op, contrast_op_args(case, dtype))
+CONTRAST_SAMPLES = [("plain", F64), ("sgc", F64), ("cgc", F64), ("both", F64), ("separate", F64),
+                    ("separate_sgc", F64), ("sgc", torch.float32), ("separate_both", torch.float32)]
+
+
+@pytest.mark.parametrize("util", OPCHECK_UTILS)
+@pytest.mark.parametrize("case,dtype", CONTRAST_SAMPLES, ids=[f"{c}-{str(d)[6:]}" for c, d in CONTRAST_SAMPLES])
+def test_opcheck_contrast_logits(case, dtype, util):
+    """The custom op (logits, stats) with its fake kernel and autograd; test_aot_dispatch_dynamic traces
+    the backward with fake tensors, as torch.compile would."""
+    torch.library.opcheck(_contrast_logits_op, contrast_op_args(case, dtype), test_utils=util)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# torch.compile (what test_aot_dispatch_dynamic checks, end to end)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", ["compile_first", "eager_first"])
+def test_torch_compile_and_eager_agree(order):
+    """contrast_logits (cpu backend) forward + backward under torch.compile(backend="aot_eager") gives the
+    eager gradients, whichever runs first in the process. Each order uses its own map geometry, so that
+    state cached by one call (e.g. interpolation matrices) cannot leak into other tests."""
+    B, h, w = 3, 6, 4
+    H, W = (19, 15) if order == "compile_first" else (21, 13)
+    cams = [positive(B, h, w, dtype=torch.float32) for _ in range(2)]
+    mask = random_mask(B, H, W)
+
+    def loss_fn(cam_orig, cam_aug):
+        return sgc_fast.contrast_logits(cam_orig, cam_aug, mask=mask, size=(H, W), backend="cpu").square().sum()
+
+    def grads_of(fn):
+        return torch.autograd.grad(fn(*cams), cams)
+
+    want = torch.autograd.grad(
+        sgc_fast.contrast_logits(*cams, mask=mask, size=(H, W), backend="reference").square().sum(), cams
+    )
+    compiled = torch.compile(loss_fn, backend="aot_eager")
+    try:
+        if order == "compile_first":
+            got_compiled, got_eager = grads_of(compiled), grads_of(loss_fn)
+        else:
+            got_eager, got_compiled = grads_of(loss_fn), grads_of(compiled)
+    finally:
+        torch._dynamo.reset()
+    for g_c, g_e, g_w in zip(got_compiled, got_eager, want, strict=True):
+        torch.testing.assert_close(g_e, g_w, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(g_c, g_w, rtol=1e-4, atol=1e-6)

@@ -50,7 +50,7 @@ def assert_parity(views, *, kind, backend, dtype, temperature=0.5, what=""):
     rtol = RTOL[dtype]
     assert_close(loss, want_loss, rtol, what=f"{what} loss")
     names = ("feats_orig", "grads_orig", "feats_aug", "grads_aug")
-    for name, g, w in zip(names, grads, want_grads):
+    for name, g, w in zip(names, grads, want_grads, strict=True):
         assert g.dtype == dtype
         assert torch.isfinite(g).all(), f"{what} d{name} not finite"
         assert_close(g, w, rtol, atol=ATOL[dtype], what=f"{what} d{name}")
@@ -81,7 +81,7 @@ def test_sgc_module(backend, kind):
     o = views.as_double()
     want = rs.contrast_loss(*o.leaves, kind=kind, temperature=0.7, mask=o.mask, size=o.size)
     assert_close(loss, want, 1e-10, what="SGCLoss")
-    for g, w in zip(grads, torch.autograd.grad(want, o.leaves)):
+    for g, w in zip(grads, torch.autograd.grad(want, o.leaves), strict=True):
         assert_close(g, w, 1e-10, atol=ATOL[F64], what="SGCLoss grad")
 
 
@@ -96,7 +96,7 @@ def test_cgc_module(backend, kind):
     o = views.as_double()
     want = rs.contrast_loss(*o.leaves, kind=kind, temperature=0.4, crop=o.crop, flip=o.flip, size=o.size)
     assert_close(loss, want, 1e-10, what="CGCLoss")
-    for g, w in zip(grads, torch.autograd.grad(want, o.leaves)):
+    for g, w in zip(grads, torch.autograd.grad(want, o.leaves), strict=True):
         assert_close(g, w, 1e-10, atol=ATOL[F64], what="CGCLoss grad")
 
 
@@ -144,7 +144,7 @@ def assert_param_parity(model, got, want, rtol, atol=ATOL[F64]):
     loss, grads = got
     want_loss, want_grads = want
     assert_close(loss, want_loss, rtol, what="loss")
-    for (name, _), g, w in zip(model.named_parameters(), grads, want_grads):
+    for (name, _), g, w in zip(model.named_parameters(), grads, want_grads, strict=True):
         assert torch.isfinite(g).all(), f"d{name} not finite"
         assert_close(g, w, rtol, atol=atol, what=f"d{name}")
     # the CAM path really reaches the parameters (not only the cross-entropy-free feats path)
@@ -225,7 +225,7 @@ def test_separate_negatives(backend, frame, dtype, B, N):
     assert_close(logits, want, RTOL[dtype], what="logits")
     got_grads = torch.autograd.grad(rs.info_nce(logits), (cam_orig, cam_aug, neg_cam))
     want_grads = torch.autograd.grad(rs.info_nce(want), d)
-    for name, g, wg in zip(("cam_orig", "cam_aug", "neg_cam"), got_grads, want_grads):
+    for name, g, wg in zip(("cam_orig", "cam_aug", "neg_cam"), got_grads, want_grads, strict=True):
         assert torch.isfinite(g).all()
         assert_close(g, wg, RTOL[dtype], atol=ATOL[dtype], what=f"d{name}")
 
@@ -360,5 +360,41 @@ def test_expanded_head_grads(backend, method, kind):
     want_loss = rs.contrast_loss(fo, dense, fa, dense, kind=kind, **views.frame())
     want = torch.autograd.grad(want_loss, (fo, fa, w2))
     assert_close(loss, want_loss, 1e-10, what="loss")
-    for name, g, wg in zip(("feats_orig", "feats_aug", "weight"), got, want):
+    for name, g, wg in zip(("feats_orig", "feats_aug", "weight"), got, want, strict=True):
         assert_close(g, wg, 1e-10, atol=ATOL[F64], what=f"d{name}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mask_crop_and_cam_forms(backend):
+    """Masks as bool / uint8 / float (nonzero = salient), non-contiguous and expanded; int32 crops;
+    transposed CAMs: all give the logits of the plain contiguous bool/int64 inputs."""
+    B, h, w, H, W = 3, 5, 3, 33, 17
+    cam_orig, cam_aug = random_cams(B, h, w, F64), random_cams(B, h, w, F64)
+    mask_t = torch.rand(B, W, H) < 0.6
+    mask = mask_t.transpose(1, 2)  # non-contiguous
+    crop, flip = random_crop(B, H, W)
+    want = rs.contrast_logits(cam_orig, cam_aug, size=(H, W), mask=mask.contiguous(), crop=crop, flip=flip)
+    forms = {
+        "bool": mask, "uint8": mask.to(torch.uint8), "float": mask.double(), "float_scaled": mask.float() * 0.5,
+        "expanded": mask[:1].expand(B, H, W),
+    }
+    for name, m in forms.items():
+        w_ = want if name != "expanded" else rs.contrast_logits(
+            cam_orig, cam_aug, size=(H, W), mask=mask[:1].expand(B, H, W).contiguous(), crop=crop, flip=flip)
+        got = sgc_fast.contrast_logits(cam_orig, cam_aug, size=(H, W), mask=m, crop=crop.int(), flip=flip,
+                                       backend=backend)
+        assert_close(got, w_, 1e-10, what=f"mask {name}")
+    cam_t = cam_orig.detach().transpose(1, 2).contiguous().transpose(1, 2)
+    got = sgc_fast.contrast_logits(cam_t, cam_aug, size=(H, W), mask=mask, crop=crop, flip=flip, backend=backend)
+    assert_close(got, want, 1e-10, what="transposed cam_orig")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_custom_eps_and_temperature(backend):
+    views = random_views(3, 6, 5, 3, 33, 17, "both")
+    cams = [sgc_fast.batched_cam(f, g, backend=backend) for f, g in
+            ((views.feats_orig, views.grads_orig), (views.feats_aug, views.grads_aug))]
+    for eps, temperature in ((1e-3, 0.1), (1e-12, 2.0)):
+        got = sgc_fast.contrast_logits(*cams, backend=backend, eps=eps, temperature=temperature, **views.frame())
+        want = rs.contrast_logits(*cams, eps=eps, temperature=temperature, **views.frame())
+        assert_close(got, want, 1e-10, what=f"eps={eps} T={temperature}")
