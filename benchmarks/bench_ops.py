@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as _dt
-import os
 import platform
 import statistics
 import sys
@@ -219,7 +218,7 @@ def time_pass_gpu(fn, params, which: str, warmup_ms: int = 100, rep_ms: int = 50
             starts.append(s)
             ends.append(e)
         torch.cuda.synchronize()
-        return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
+        return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends, strict=True))
 
     def run():
         _zero_grads(params)
@@ -279,11 +278,12 @@ def measure_ceilings(device) -> tuple[float, float]:
     """Measured device-to-device copy bandwidth (GB/s, read + write) and IEEE fp32 matmul TFLOP/s."""
     import triton.testing
 
-    x = torch.empty(2**28, dtype=torch.float32, device=device).normal_()  # 1 GiB
-    y = torch.empty_like(x)
-    ms = triton.testing.do_bench(lambda: y.copy_(x), warmup=50, rep=300, return_mode="median")
-    gbps = 2 * x.numel() * 4 / ms / 1e6
-    del x, y
+    n = 2**28  # 1 GiB of float32 each way
+    src = torch.empty(n, dtype=torch.float32, device=device).normal_()
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
+    gbps = 2 * n * 4 / ms / 1e6
+    src = dst = None
     prev = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     a = torch.randn(8192, 8192, device=device)

@@ -6,9 +6,9 @@ rows of one run (``--benchmark-group-by=param:case``).
 
 import pytest
 import torch
+from bench_ops import Case, leaves, loss_fn, make_inputs
 
 import sgc_fast
-from bench_ops import Case, leaves, loss_fn, make_inputs
 
 BACKENDS = ["research", "reference"] + (["cpu"] if "cpu" in sgc_fast.available_backends("cpu") else [])
 CASES = [(m, g) for m in ("sgc", "cgc") for g in ("dense", "head")]

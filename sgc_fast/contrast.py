@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+
 import torch
 
 from .interp import cacheable, upsample_matrix, warp_matrices
@@ -155,7 +156,6 @@ def logits_from_stats(stats, separate: bool, self_index, temperature: float, out
     s_q, _ = _scales(norm_neg)
     cos = gram * s_a[:, None] * s_q[None, :]
     cos_pos = pos * s_a * s_p
-    B = cos.shape[0]
     if not separate:
         neg = off_diagonal(cos)
     else:

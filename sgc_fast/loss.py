@@ -5,8 +5,6 @@ Each returns only its own term; a training step adds the cross-entropies and ``l
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -17,7 +15,7 @@ __all__ = ["SGCLoss", "CGCLoss", "L2ConsistencyLoss"]
 
 class _ContrastLoss(nn.Module):
     def __init__(self, temperature: float = 0.5, kind: str = "hires", eps: float = 1e-8,
-                 backend: Optional[str] = None) -> None:
+                 backend: str | None = None) -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
@@ -79,7 +77,7 @@ class L2ConsistencyLoss(nn.Module):
     """
 
     def __init__(self, size: tuple[int, int] = (224, 224), kind: str = "hires", eps: float = 1e-8,
-                 backend: Optional[str] = None) -> None:
+                 backend: str | None = None) -> None:
         super().__init__()
         self.size, self.kind, self.eps, self.backend = (int(size[0]), int(size[1])), kind, float(eps), backend
 

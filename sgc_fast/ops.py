@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +31,7 @@ BACKENDS = ("reference", "cpu", "cuda", "triton")
 try:  # the compiled extension registers the ops' schemas and kernels
     from . import _C  # noqa: F401
 
-    _EXT_ERROR: Optional[str] = None
+    _EXT_ERROR: str | None = None
 except ImportError as exc:  # pragma: no cover - exercised only without a build
     _EXT_ERROR = f"extension sgc_fast._C not built ({exc})"
 
@@ -41,7 +40,7 @@ def _has_kernel(op: str, key: str) -> bool:
     return _EXT_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key(f"sgc_fast::{op}", key)
 
 
-def _triton_reason(device: torch.device) -> Optional[str]:
+def _triton_reason(device: torch.device) -> str | None:
     try:
         from . import triton as sgc_triton
     except ImportError as exc:
@@ -49,7 +48,7 @@ def _triton_reason(device: torch.device) -> Optional[str]:
     return sgc_triton.unavailable_reason(device)
 
 
-def _reason(backend: str, device: torch.device) -> Optional[str]:
+def _reason(backend: str, device: torch.device) -> str | None:
     """Why ``backend`` cannot run on ``device`` (None if it can)."""
     if backend == "reference":
         return None
@@ -80,7 +79,7 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     return [b for b, why in explain_backends(device).items() if why == "ok"]
 
 
-def resolve_backend(backend: Optional[str], device: torch.device) -> str:
+def resolve_backend(backend: str | None, device: torch.device) -> str:
     """The backend that will run for tensors on ``device``."""
     if backend is None:
         backend = os.environ.get("SGC_FAST_BACKEND") or None
@@ -194,7 +193,7 @@ if _EXT_ERROR is None:
     )
 
 
-def batched_cam(feats: torch.Tensor, grads: torch.Tensor, kind: str = "hires", backend: Optional[str] = None):
+def batched_cam(feats: torch.Tensor, grads: torch.Tensor, kind: str = "hires", backend: str | None = None):
     """CAM of every sample, ``[B, K, h, w], [B, K, h, w] -> [B, h, w]`` (float32; float64 for float64).
 
     ``kind="hires"``: ``relu(sum_k grads * feats)`` (what SGC/CGC train with); ``kind="grad"``: classic
@@ -220,7 +219,7 @@ def batched_cam(feats: torch.Tensor, grads: torch.Tensor, kind: str = "hires", b
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _as_mask_bytes(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+def _as_mask_bytes(mask: torch.Tensor | None) -> torch.Tensor | None:
     """uint8 view (bool, uint8: no copy) or nonzero-test copy (other dtypes) of a mask."""
     if mask is None:
         return None
@@ -231,7 +230,7 @@ def _as_mask_bytes(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return (mask != 0).to(torch.uint8)
 
 
-def kernel_dtype(*cams: Optional[torch.Tensor]) -> torch.dtype:
+def kernel_dtype(*cams: torch.Tensor | None) -> torch.dtype:
     return torch.float64 if any(c is not None and c.dtype == torch.float64 for c in cams) else torch.float32
 
 
@@ -332,12 +331,12 @@ def _stats_numel(cam_aug, neg_cam):
 def _contrast_logits_op(
     cam_orig: torch.Tensor,
     cam_aug: torch.Tensor,
-    mask: Optional[torch.Tensor],
-    crop: Optional[torch.Tensor],
-    flip: Optional[torch.Tensor],
-    neg_cam: Optional[torch.Tensor],
-    neg_mask: Optional[torch.Tensor],
-    self_index: Optional[torch.Tensor],
+    mask: torch.Tensor | None,
+    crop: torch.Tensor | None,
+    flip: torch.Tensor | None,
+    neg_cam: torch.Tensor | None,
+    neg_mask: torch.Tensor | None,
+    self_index: torch.Tensor | None,
     size: list[int],
     temperature: float,
     eps: float,
@@ -486,16 +485,16 @@ def contrast_logits(
     cam_orig: torch.Tensor,
     cam_aug: torch.Tensor,
     *,
-    mask: Optional[torch.Tensor] = None,
-    crop: Optional[torch.Tensor] = None,
-    flip: Optional[torch.Tensor] = None,
+    mask: torch.Tensor | None = None,
+    crop: torch.Tensor | None = None,
+    flip: torch.Tensor | None = None,
     size: tuple[int, int] = (224, 224),
     temperature: float = 0.5,
     eps: float = 1e-8,
-    neg_cam: Optional[torch.Tensor] = None,
-    neg_mask: Optional[torch.Tensor] = None,
-    self_index: Optional[torch.Tensor] = None,
-    backend: Optional[str] = None,
+    neg_cam: torch.Tensor | None = None,
+    neg_mask: torch.Tensor | None = None,
+    self_index: torch.Tensor | None = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """Saliency-contrast logits of two views' CAMs, already divided by ``temperature``.
 
@@ -538,13 +537,13 @@ def saliency_contrast_loss(
     grads_aug: torch.Tensor,
     *,
     kind: str = "hires",
-    mask: Optional[torch.Tensor] = None,
-    crop: Optional[torch.Tensor] = None,
-    flip: Optional[torch.Tensor] = None,
+    mask: torch.Tensor | None = None,
+    crop: torch.Tensor | None = None,
+    flip: torch.Tensor | None = None,
     size: tuple[int, int] = (224, 224),
     temperature: float = 0.5,
     eps: float = 1e-8,
-    backend: Optional[str] = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """The contrastive term: InfoNCE over :func:`contrast_logits` of both views' CAMs (cross-entropy
     against column 0, mean over rows). Scalar, float32."""
