@@ -6,7 +6,9 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 CUDA_HOME ?= $(shell $(PY) tools/find_cuda_home.py)
 TORCH_CUDA_ARCH_LIST ?= 9.0
-export CUDA_HOME TORCH_CUDA_ARCH_LIST
+# Compile the CUDA kernels whenever a toolkit is found, GPU or not, so that a CUDA compile error fails CI.
+FORCE_CUDA ?= $(if $(CUDA_HOME),1,0)
+export CUDA_HOME TORCH_CUDA_ARCH_LIST FORCE_CUDA
 
 .PHONY: test venv build bench lint clean
 
