@@ -17,19 +17,13 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "op_checks.h"
+
 #include <type_traits>
 #include <vector>
 
 namespace sgc_fast {
 namespace {
-
-enum class CamKind { kHiRes, kGrad };
-
-CamKind parse_kind(c10::string_view kind) {
-  if (kind == "hires") return CamKind::kHiRes;
-  if (kind == "grad") return CamKind::kGrad;
-  TORCH_CHECK(false, "kind: expected 'hires' or 'grad', got '", std::string(kind), "'");
-}
 
 // Minimum (b, k) rows per task of the backward's parallel loop.
 constexpr int64_t kBackwardGrain = 16;
@@ -60,16 +54,6 @@ Layout make_layout(const at::Tensor& feats, const at::Tensor& grads) {
     for (int d = 0; d < 4; ++d) L.sg[d] = grads.stride(d);
   }
   return L;
-}
-
-void check_inputs(const at::Tensor& feats, const at::Tensor& grads) {
-  TORCH_CHECK(feats.dim() == 4, "feats: expected [B, K, h, w], got shape ", feats.sizes());
-  TORCH_CHECK(grads.dim() == 4 || grads.dim() == 2, "grads: expected [B, K, h, w] or [B, K], got shape ",
-              grads.sizes());
-  TORCH_CHECK(grads.size(0) == feats.size(0) && grads.size(1) == feats.size(1) &&
-                  (grads.dim() == 2 || (grads.size(2) == feats.size(2) && grads.size(3) == feats.size(3))),
-              "grads: shape ", grads.sizes(), " does not match feats ", feats.sizes());
-  TORCH_CHECK(feats.device() == grads.device(), "grads: on ", grads.device(), ", feats on ", feats.device());
 }
 
 template <typename A_t, typename G_t>
@@ -209,21 +193,8 @@ void cam_backward(const at::Tensor& grad_cam, const at::Tensor& cam, const at::T
   });
 }
 
-#define SGC_DISPATCH_PAIR(A_TYPE, G_TYPE, NAME, ...)                                              \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, A_TYPE, NAME, [&] {                   \
-    using feats_t = scalar_t;                                                                     \
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, G_TYPE, NAME, [&] {                 \
-      using grads_t = scalar_t;                                                                   \
-      __VA_ARGS__();                                                                              \
-    });                                                                                           \
-  })
-
-at::ScalarType cam_dtype(const at::Tensor& feats, const at::Tensor& grads) {
-  return (feats.scalar_type() == at::kDouble || grads.scalar_type() == at::kDouble) ? at::kDouble : at::kFloat;
-}
-
 at::Tensor batched_cam_cpu(const at::Tensor& feats, const at::Tensor& grads, c10::string_view kind_name) {
-  check_inputs(feats, grads);
+  check_cam_inputs(feats, grads);
   const CamKind kind = parse_kind(kind_name);
   at::Tensor cam = at::empty({feats.size(0), feats.size(2), feats.size(3)},
                              feats.options().dtype(cam_dtype(feats, grads)));
@@ -235,7 +206,7 @@ at::Tensor batched_cam_cpu(const at::Tensor& feats, const at::Tensor& grads, c10
 std::tuple<at::Tensor, at::Tensor> batched_cam_backward_cpu(const at::Tensor& grad_cam, const at::Tensor& cam,
                                                             const at::Tensor& feats, const at::Tensor& grads,
                                                             c10::string_view kind_name) {
-  check_inputs(feats, grads);
+  check_cam_inputs(feats, grads);
   const CamKind kind = parse_kind(kind_name);
   TORCH_CHECK(grad_cam.sizes() == cam.sizes(), "grad_cam: shape ", grad_cam.sizes(), " does not match cam ",
               cam.sizes());

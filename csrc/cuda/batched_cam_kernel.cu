@@ -37,6 +37,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "op_checks.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -46,14 +48,6 @@
 
 namespace sgc_fast {
 namespace {
-
-enum class CamKind { kHiRes, kGrad };
-
-CamKind parse_kind(c10::string_view kind) {
-  if (kind == "hires") return CamKind::kHiRes;
-  if (kind == "grad") return CamKind::kGrad;
-  TORCH_CHECK(false, "kind: expected 'hires' or 'grad', got '", std::string(kind), "'");
-}
 
 constexpr int kWarp = 32;
 constexpr int kVectorBytes = 16;       // one vector load or store per thread
@@ -588,31 +582,13 @@ __global__ void cam_backward_strided_channel_kernel(const A_t* __restrict__ A, S
 // Host side
 // ---------------------------------------------------------------------------------------------------
 
+// The shared checks of op_checks.h, plus what the CUDA kernels need.
 void check_inputs(const at::Tensor& feats, const at::Tensor& grads) {
-  TORCH_CHECK(feats.dim() == 4, "feats: expected [B, K, h, w], got shape ", feats.sizes());
-  TORCH_CHECK(grads.dim() == 4 || grads.dim() == 2, "grads: expected [B, K, h, w] or [B, K], got shape ",
-              grads.sizes());
-  TORCH_CHECK(grads.size(0) == feats.size(0) && grads.size(1) == feats.size(1) &&
-                  (grads.dim() == 2 || (grads.size(2) == feats.size(2) && grads.size(3) == feats.size(3))),
-              "grads: shape ", grads.sizes(), " does not match feats ", feats.sizes());
-  TORCH_CHECK(feats.device() == grads.device(), "grads: on ", grads.device(), ", feats on ", feats.device());
+  check_cam_inputs(feats, grads);
   TORCH_CHECK(feats.is_cuda(), "feats: expected a CUDA tensor, got one on ", feats.device());
   TORCH_CHECK(feats.size(2) * feats.size(3) <= std::numeric_limits<int>::max(), "feats: h*w too large, got ",
               feats.sizes());
 }
-
-at::ScalarType cam_dtype(const at::Tensor& feats, const at::Tensor& grads) {
-  return (feats.scalar_type() == at::kDouble || grads.scalar_type() == at::kDouble) ? at::kDouble : at::kFloat;
-}
-
-#define SGC_DISPATCH_PAIR(A_TYPE, G_TYPE, NAME, ...)                              \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, A_TYPE, NAME, [&] {   \
-    using feats_t = scalar_t;                                                     \
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, G_TYPE, NAME, [&] { \
-      using grads_t = scalar_t;                                                   \
-      __VA_ARGS__();                                                              \
-    });                                                                           \
-  })
 
 template <typename T1, typename T2 = T1>
 constexpr int vec_of() {

@@ -52,6 +52,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "op_checks.h"
+
 #include <algorithm>
 #include <climits>
 #include <cstdint>
@@ -1071,34 +1073,13 @@ __global__ void sweep_grads_finish_kernel(const T* __restrict__ fields_part, int
 // Host side
 // ---------------------------------------------------------------------------------------------------
 
-void check_sweep_inputs(const at::Tensor& cam_aug, const at::Tensor& cam_orig, const at::Tensor& mask,
-                        const at::Tensor& uy, const at::Tensor& ux, const at::Tensor& vy, const at::Tensor& vx,
-                        const at::Tensor& neg_cam, const at::Tensor& neg_mask) {
-  TORCH_CHECK(cam_aug.dim() == 3 && cam_orig.sizes() == cam_aug.sizes(), "cam_orig: shape ", cam_orig.sizes(),
-              " does not match cam_aug ", cam_aug.sizes());
-  const int64_t B = cam_aug.size(0), h = cam_aug.size(1), w = cam_aug.size(2);
-  TORCH_CHECK(uy.dim() == 2 && uy.size(1) == h, "uy: expected [H, ", h, "], got ", uy.sizes());
-  TORCH_CHECK(ux.dim() == 2 && ux.size(1) == w, "ux: expected [W, ", w, "], got ", ux.sizes());
-  const int64_t H = uy.size(0), W = ux.size(0);
-  TORCH_CHECK(mask.dim() == 3 && mask.size(0) == B && mask.size(1) == H && mask.size(2) == W &&
-                  mask.scalar_type() == at::kByte,
-              "mask: expected uint8 [", B, ", ", H, ", ", W, "], got ", mask.scalar_type(), " ", mask.sizes());
-  TORCH_CHECK(vy.dim() == 3 && (vy.size(0) == 1 || vy.size(0) == B) && vy.size(1) == H && vy.size(2) == h,
-              "vy: expected [1 or B, H, h], got ", vy.sizes());
-  TORCH_CHECK(vx.dim() == 3 && vx.size(0) == vy.size(0) && vx.size(1) == W && vx.size(2) == w,
-              "vx: expected [", vy.size(0), ", W, w], got ", vx.sizes());
-  TORCH_CHECK(neg_cam.dim() == 3 && neg_cam.size(1) == h && neg_cam.size(2) == w, "neg_cam: expected [N, ", h, ", ",
-              w, "], got ", neg_cam.sizes());
-  TORCH_CHECK(neg_mask.dim() == 3 && neg_mask.size(0) == neg_cam.size(0) &&
-                  (neg_cam.size(0) == 0 || (neg_mask.size(1) == H && neg_mask.size(2) == W)) &&
-                  neg_mask.scalar_type() == at::kByte,
-              "neg_mask: expected uint8 [N, H, W], got ", neg_mask.scalar_type(), " ", neg_mask.sizes());
-  TORCH_CHECK(cam_orig.scalar_type() == cam_aug.scalar_type() && neg_cam.scalar_type() == cam_aug.scalar_type(),
-              "cam_orig, neg_cam: expected the dtype of cam_aug (", cam_aug.scalar_type(), ")");
-  const auto dev = cam_aug.device();
-  TORCH_CHECK(dev.is_cuda(), "cam_aug: expected a CUDA tensor, got one on ", dev);
-  for (const at::Tensor* t : {&cam_orig, &mask, &uy, &ux, &vy, &vx, &neg_cam, &neg_mask})
-    TORCH_CHECK(t->device() == dev, "contrast_sweep: every tensor must be on ", dev, ", got one on ", t->device());
+// The shared checks of op_checks.h, plus what the CUDA kernels need.
+void check_sweep_inputs_cuda(const at::Tensor& cam_aug, const at::Tensor& cam_orig, const at::Tensor& mask,
+                             const at::Tensor& uy, const at::Tensor& ux, const at::Tensor& vy, const at::Tensor& vx,
+                             const at::Tensor& neg_cam, const at::Tensor& neg_mask) {
+  check_sweep_inputs(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask);
+  TORCH_CHECK(cam_aug.is_cuda(), "cam_aug: expected a CUDA tensor, got one on ", cam_aug.device());
+  const int64_t B = cam_aug.size(0), h = cam_aug.size(1), w = cam_aug.size(2), H = uy.size(0), W = ux.size(0);
   TORCH_CHECK(B + neg_cam.size(0) < INT_MAX && H < INT_MAX && W < INT_MAX && h * w < INT_MAX,
               "contrast_sweep: sizes too large, got cam_aug ", cam_aug.sizes(), " and ", H, " x ", W, " maps");
 }
@@ -1292,7 +1273,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrast_
     const at::Tensor& cam_aug, const at::Tensor& cam_orig, const at::Tensor& mask, const at::Tensor& uy,
     const at::Tensor& ux, const at::Tensor& vy, const at::Tensor& vx, const at::Tensor& neg_cam,
     const at::Tensor& neg_mask, double eps) {
-  check_sweep_inputs(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask);
+  check_sweep_inputs_cuda(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask);
   const c10::cuda::OptionalCUDAGuard guard(cam_aug.device());
   const SweepInputs in = sweep_inputs(cam_aug, cam_orig, uy, ux, vy, vx, neg_cam);
   const int64_t B = in.ca.size(0), Nq = in.cq.size(0), NQ = Nq > 0 ? Nq : B;
@@ -1319,7 +1300,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrast_sweep_backward_cuda(
     const at::Tensor& neg_mask, double eps, const at::Tensor& coef_aa, const at::Tensor& coef_aq,
     const at::Tensor& coef_qa, const at::Tensor& coef_qq, const at::Tensor& coef_ap, const at::Tensor& coef_pa,
     const at::Tensor& coef_pp) {
-  check_sweep_inputs(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask);
+  check_sweep_inputs_cuda(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask);
   const c10::cuda::OptionalCUDAGuard guard(cam_aug.device());
   const SweepInputs in = sweep_inputs(cam_aug, cam_orig, uy, ux, vy, vx, neg_cam);
   const int64_t B = in.ca.size(0), Nq = in.cq.size(0);
