@@ -16,6 +16,9 @@ $(VENV)/.installed: requirements-dev.txt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -r requirements-dev.txt
+	# cv2.saliency lives only in the contrib wheel, which shares the cv2 module with the plain wheel that
+	# grad-cam pulls in: install it last, at the same version.
+	$(VPY) -m pip install -q opencv-contrib-python-headless==5.0.0.93
 	touch $@
 
 venv: $(VENV)/.installed

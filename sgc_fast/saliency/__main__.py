@@ -1,0 +1,7 @@
+"""``python -m sgc_fast.saliency``: same as ``sgc-saliency``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
