@@ -1,0 +1,124 @@
+"""Backbones for training: torchvision ResNets with the classifier sized for the dataset.
+
+Unlike the research scripts (spec §5.1, §5.3, §8 items 5-7) the classifier is sized *before* any
+weights are loaded and before the optimiser exists, so it is always trained, a resumed checkpoint
+keeps its classifier, and ImageNet weights load into a model with another class count.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from ..cam import capture_feats, head_grads, target_grads
+
+__all__ = ["ARCHS", "build_model", "load_weights", "export_state_dict", "forward_feats", "cam_grads",
+           "pretrained_path"]
+
+ARCHS = ("resnet18", "resnet50")
+_PRETRAINED = {
+    "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
+    "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
+}
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+def pretrained_path(arch: str) -> Path:
+    """Where torchvision keeps the ImageNet weights of ``arch`` in the local torch hub cache."""
+    url = _PRETRAINED[arch].url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def _plain_keys(state: dict) -> dict:
+    for key in ("state_dict", "model"):  # research checkpoints nest under state_dict, ours under model
+        if isinstance(state.get(key), dict):
+            state = state[key]
+    out = {}
+    for k, v in state.items():
+        for p in _PREFIXES:
+            while k.startswith(p):
+                k = k[len(p):]
+        out[k] = v
+    return out
+
+
+def load_weights(model: nn.Module, source: str | os.PathLike | dict, log=print) -> None:
+    """Load a local state dict (file or dict) into ``model``: ``state_dict``/``model`` nesting and
+    ``module.`` prefixes are removed; a classifier of another shape is skipped with a message; any
+    other missing or unexpected key is an error."""
+    state = torch.load(source, map_location="cpu", weights_only=True) if not isinstance(source, dict) else source
+    if not isinstance(state, dict):
+        raise ValueError(f"weights: {source} holds a {type(state).__name__}, expected a state dict")
+    state = _plain_keys(state)
+    own = model.state_dict()
+    skipped = [k for k in ("fc.weight", "fc.bias") if k in state and k in own and state[k].shape != own[k].shape]
+    if skipped:
+        log(f"weights: skipping classifier {skipped} (shape {list(state['fc.weight'].shape)} in the file, "
+            f"{list(own['fc.weight'].shape)} in the model): it keeps its fresh initialisation")
+        state = {k: v for k, v in state.items() if k not in skipped}
+    name = source if not isinstance(source, dict) else "state dict"
+    wrong = [f"{k} {list(v.shape)} (model {list(own[k].shape)})" for k, v in state.items()
+             if k in own and v.shape != own[k].shape]
+    if wrong:
+        raise ValueError(f"weights: {name} does not fit the model: shapes differ for {wrong[:4]}"
+                         f"{f' and {len(wrong) - 4} more' if len(wrong) > 4 else ''} (another --arch?)")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in skipped]
+    if missing or unexpected:
+        raise ValueError(f"weights: {name} does not fit the model: missing {missing[:8]}, unexpected {unexpected[:8]}")
+
+
+def build_model(arch: str, num_classes: int, pretrained: bool = False, weights: str | os.PathLike | None = None,
+                log=print) -> nn.Module:
+    """``torchvision.models.<arch>(num_classes=num_classes)``, optionally initialised from the ImageNet
+    weights in the local hub cache (``pretrained``; never downloaded) or from a local file (``weights``)."""
+    if arch not in ARCHS:
+        raise ValueError(f"arch: expected one of {ARCHS}, got {arch!r}")
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    if pretrained:
+        path = pretrained_path(arch)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"--pretrained: {path} not found. sgc-train never downloads; fetch it once on a connected "
+                f"machine with `python -c \"import torchvision; torchvision.models.{arch}(weights='IMAGENET1K_V1')\"` "
+                f"(or copy {os.path.basename(path)} into {path.parent}, or pass --weights PATH)")
+        load_weights(model, path, log=log)
+    if weights is not None:
+        load_weights(model, weights, log=log)
+    return model
+
+
+def export_state_dict(model: nn.Module) -> dict:
+    """The model's state dict with plain torchvision keys (no ``module.``/``_orig_mod.``), on the CPU."""
+    return {k: v.detach().cpu().clone() for k, v in _plain_keys(model.state_dict()).items()}
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) or hasattr(model, "_orig_mod"):
+        model = model.module if hasattr(model, "module") else model._orig_mod
+    return model
+
+
+def forward_feats(model: nn.Module, images: torch.Tensor, layer: str = "layer4") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits [B, C], feats [B, K, h, w])`` of one view; ``feats`` = ``layer``'s output."""
+    net = _unwrap(model)
+    if isinstance(net, torchvision.models.ResNet) and layer == "layer4" and net is model:
+        x = net.maxpool(net.relu(net.bn1(net.conv1(images))))
+        feats = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+        return net.fc(torch.flatten(net.avgpool(feats), 1)), feats
+    with capture_feats(net, layer) as cap:
+        logits = model(images)
+    return logits, cap.feats
+
+
+def cam_grads(model: nn.Module, logits: torch.Tensor, feats: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``d logits[b, targets[b]] / d feats``: closed form for a GAP + Linear head (torchvision ResNet),
+    autograd (create_graph) otherwise."""
+    net = _unwrap(model)
+    if isinstance(net, torchvision.models.ResNet) and isinstance(net.fc, nn.Linear):
+        return head_grads(net.fc.weight, feats, targets)
+    return target_grads(logits, feats, targets, create_graph=True)
