@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SGC masks: PATH to a mask cache (sgc_fast.saliency.MaskCache), 'ground-truth' "
                         "(synthetic), or 'opencv' (computed per sample in the loader; slow)")
     p.add_argument("--image-size", type=int, default=224, help="S: training / validation view size")
-    p.add_argument("-j", "--workers", type=int, default=4, help="DataLoader workers")
+    p.add_argument("-j", "--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers (default: min(4, CPUs))")
     p.add_argument("--epochs", type=int, default=90)
     p.add_argument("-b", "--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=0.1)
