@@ -31,6 +31,14 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
+from ..saliency.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    center_size,
+    center_view_mask,
+    center_view_transform,
+)
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -49,8 +57,6 @@ __all__ = [
     "to_normalized",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 METHODS = ("sgc", "cgc", "l2", "baseline")
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
@@ -100,32 +106,15 @@ def _coin(g: torch.Generator) -> bool:
     return bool(torch.rand(1, generator=g) < 0.5)
 
 
-def center_size(image_size: int) -> int:
-    """Shorter side before the centre crop: ``round(S * 256 / 224)`` (256 for S = 224)."""
-    return int(round(image_size * 256 / 224))
-
-
 def to_normalized(img) -> torch.Tensor:
     """PIL image (or ``[3, H, W]`` float tensor in [0, 1]) -> ImageNet-normalised float32 tensor."""
     x = TF.to_tensor(img) if isinstance(img, Image.Image) else img
     return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
 
 
-def _center_view_local(image_size: int):
-    def transform(img: Image.Image) -> torch.Tensor:
-        img = TF.resize(img, center_size(image_size), interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-        return to_normalized(TF.center_crop(img, [image_size, image_size]))
-
-    return transform
-
-
 def center_view(image_size: int):
-    """The original-view transform: ``sgc_fast.saliency.transforms.center_view_transform(S)`` where that
-    package is installed, else the same composition defined here."""
-    try:
-        from ..saliency.transforms import center_view_transform
-    except ImportError:
-        return _center_view_local(image_size)
+    """The original-view transform, :func:`sgc_fast.saliency.transforms.center_view_transform` (the one
+    the mask cache is built with)."""
     return center_view_transform(image_size)
 
 
@@ -168,12 +157,6 @@ class GroundTruthMasks:
 
     def __getitem__(self, index: int) -> np.ndarray:
         mask = self.base.object_mask(index)
-        try:
-            from ..saliency.transforms import center_view_mask
-        except ImportError:
-            m = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255)
-            m = TF.resize(m, center_size(self.image_size), interpolation=TF.InterpolationMode.NEAREST)
-            return np.asarray(TF.center_crop(m, [self.image_size, self.image_size])) > 127
         return center_view_mask(mask, self.image_size)
 
 
