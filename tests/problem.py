@@ -92,5 +92,26 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol
     assert err <= rtol * scale + atol, f"{what}: max error {err:.3e} > {rtol:.1e} * {scale:.3e} + {atol:.1e}"
 
 
+def loss_leaves(B, K, h, w, grads: str, dtype, device, classes: int = 1000):
+    """Leaf tensors and a function of them giving the four loss inputs (feats/grads of both views):
+    dense grads, or head grads from a ``[classes, K]`` Linear weight."""
+    feats_o = torch.rand(B, K, h, w, device=device).to(dtype).requires_grad_()
+    feats_a = torch.rand(B, K, h, w, device=device).to(dtype).requires_grad_()
+    if grads == "dense":
+        scale = 1.0 / (K * h * w) ** 0.5
+        g_o = ((torch.randn(B, K, h, w, device=device) + 0.3) * scale).to(dtype).requires_grad_()
+        g_a = ((torch.randn(B, K, h, w, device=device) + 0.3) * scale).to(dtype).requires_grad_()
+        return [feats_o, g_o, feats_a, g_a], lambda fo, go, fa, ga: (fo, go, fa, ga)
+    import sgc_fast
+
+    weight = ((torch.randn(classes, K, device=device) + 0.1) / K**0.5).to(dtype).requires_grad_()
+    targets = torch.randint(0, classes, (B,), device=device)
+
+    def inputs(fo, fa, wt):
+        return fo, sgc_fast.head_grads(wt, fo, targets), fa, sgc_fast.head_grads(wt, fa, targets)
+
+    return [feats_o, feats_a, weight], inputs
+
+
 def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return (actual.detach().to(torch.float64) - expected.detach().to(torch.float64)).abs().max().item()

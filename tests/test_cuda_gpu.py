@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from problem import random_crop, random_mask
+from problem import loss_leaves, random_crop, random_mask
 
 import sgc_fast
 from sgc_fast import contrast, ops
@@ -414,31 +414,13 @@ def test_contrast_logits_error_budget(shape, method, dtype):
 STANDARD = [(256, 2048, 7, 7, 224, 224), (64, 2048, 14, 14, 448, 448)]
 
 
-def _loss_leaves(B, K, h, w, grads: str, dtype):
-    dev = torch.device("cuda")
-    feats_o = torch.rand(B, K, h, w, device=dev).to(dtype).requires_grad_()
-    feats_a = torch.rand(B, K, h, w, device=dev).to(dtype).requires_grad_()
-    if grads == "dense":
-        scale = 1.0 / (K * h * w) ** 0.5
-        g_o = ((torch.randn(B, K, h, w, device=dev) + 0.3) * scale).to(dtype).requires_grad_()
-        g_a = ((torch.randn(B, K, h, w, device=dev) + 0.3) * scale).to(dtype).requires_grad_()
-        return [feats_o, g_o, feats_a, g_a], lambda fo, go, fa, ga: (fo, go, fa, ga)
-    weight = ((torch.randn(CLASSES, K, device=dev) + 0.1) / K**0.5).to(dtype).requires_grad_()
-    targets = torch.randint(0, CLASSES, (B,), device=dev)
-
-    def inputs(fo, fa, wt):
-        return fo, sgc_fast.head_grads(wt, fo, targets), fa, sgc_fast.head_grads(wt, fa, targets)
-
-    return [feats_o, feats_a, weight], inputs
-
-
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
 @pytest.mark.parametrize("grads", ["dense", "head"])
 @pytest.mark.parametrize("method", ["sgc", "cgc"])
 @pytest.mark.parametrize("shape", STANDARD, ids=lambda s: "B{}-K{}-{}x{}-{}x{}".format(*s))
 def test_loss_error_budget_standard(shape, method, grads, dtype):
     B, K, h, w, H, W = shape
-    leaves, inputs = _loss_leaves(B, K, h, w, grads, dtype)
+    leaves, inputs = loss_leaves(B, K, h, w, grads, dtype, torch.device("cuda"), CLASSES)
     frame = _frame(method, B, H, W)
 
     def run(xs, backend):

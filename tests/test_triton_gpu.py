@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from problem import random_crop, random_mask
+from problem import loss_leaves, random_crop, random_mask
 
 import sgc_fast
 from sgc_fast import reference
@@ -42,24 +42,6 @@ def _frame(method: str, B: int, H: int, W: int, device) -> dict:
     return dict(mask=mask, crop=crop, flip=flip, size=(H, W))
 
 
-def _leaves(B, K, h, w, grads: str, dtype, device):
-    """Leaf tensors and a function of them giving the four loss inputs (feats/grads of both views)."""
-    feats_o = torch.rand(B, K, h, w, device=device).to(dtype).requires_grad_()
-    feats_a = torch.rand(B, K, h, w, device=device).to(dtype).requires_grad_()
-    if grads == "dense":
-        scale = 1.0 / (K * h * w) ** 0.5
-        g_o = ((torch.randn(B, K, h, w, device=device) + 0.3) * scale).to(dtype).requires_grad_()
-        g_a = ((torch.randn(B, K, h, w, device=device) + 0.3) * scale).to(dtype).requires_grad_()
-        return [feats_o, g_o, feats_a, g_a], lambda fo, go, fa, ga: (fo, go, fa, ga)
-    weight = ((torch.randn(CLASSES, K, device=device) + 0.1) / K**0.5).to(dtype).requires_grad_()
-    targets = torch.randint(0, CLASSES, (B,), device=device)
-
-    def inputs(fo, fa, wt):
-        return fo, sgc_fast.head_grads(wt, fo, targets), fa, sgc_fast.head_grads(wt, fa, targets)
-
-    return [feats_o, feats_a, weight], inputs
-
-
 def _loss_and_grads(leaves, inputs, frame, backend):
     loss = sgc_fast.saliency_contrast_loss(*inputs(*leaves), backend=backend, **frame)
     return [loss] + list(torch.autograd.grad(loss, leaves))
@@ -77,7 +59,7 @@ def _rel_error(x: torch.Tensor, oracle: torch.Tensor) -> float:
 def test_loss_error_budget(shape, method, grads, dtype):
     B, K, h, w, H, W = shape
     dev = torch.device("cuda")
-    leaves, inputs = _leaves(B, K, h, w, grads, dtype, dev)
+    leaves, inputs = loss_leaves(B, K, h, w, grads, dtype, dev, CLASSES)
     frame = _frame(method, B, H, W, dev)
     got = _loss_and_grads(leaves, inputs, frame, "triton")
     torch.cuda.synchronize()
