@@ -84,15 +84,16 @@ def test_folder_boxes_json_and_voc_match_synthetic(ckpt, tmp_path):
     ds = SyntheticShapes(split="test", size=32, length=10, seed=0)
     split_dir = ds.write_imagefolder(tmp_path / "data")
     table = json.loads((split_dir / "boxes.json").read_text())
-    ann = tmp_path / "annotation"
+    ann, hard = tmp_path / "annotation", tmp_path / "annotation_difficult"
     for rel, boxes in table.items():  # the same boxes as Pascal-VOC XML (1-based, inclusive)
         cls = rel.split("/")[0]
-        objs = "".join(f"<object><name>{cls}</name><difficult>0</difficult><bndbox><xmin>{b[0] + 1:g}</xmin>"
-                       f"<ymin>{b[1] + 1:g}</ymin><xmax>{b[2]:g}</xmax><ymax>{b[3]:g}</ymax></bndbox></object>"
-                       for b in boxes)
-        path = (ann / rel).with_suffix(".xml")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"<annotation><size><width>32</width><height>32</height></size>{objs}</annotation>")
+        for root, difficult in ((ann, 0), (hard, 1)):  # in `hard`, every object is difficult
+            objs = "".join(f"<object><name>{cls}</name><difficult>{difficult}</difficult><bndbox><xmin>{b[0] + 1:g}"
+                           f"</xmin><ymin>{b[1] + 1:g}</ymin><xmax>{b[2]:g}</xmax><ymax>{b[3]:g}</ymax></bndbox></object>"
+                           for b in boxes)
+            path = (root / rel).with_suffix(".xml")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"<annotation><size><width>32</width><height>32</height></size>{objs}</annotation>")
     args = ["--checkpoint", str(ckpt / "best.pt"), "--no-causal", "--out", "", *COMMON]
     synth = eval_main([*args, "--limit", "10"])["results"][0]
     folder = eval_main([str(tmp_path / "data"), "--dataset", "folder", "--split", "test", *args])["results"][0]
@@ -102,6 +103,14 @@ def test_folder_boxes_json_and_voc_match_synthetic(ckpt, tmp_path):
     for key in ("acc1", "acc5", "content_heatmap", "pointing_game"):
         assert folder[key] == pytest.approx(synth[key], abs=1e-3), key
         assert voc[key] == pytest.approx(folder[key], abs=1e-6), key
+    assert voc["spg_images"] == voc["ch_images"] > 0  # only zero-mass CAMs are skipped
+    # difficult objects count for the content heatmap and pointing game, but the stochastic pointing game
+    # skips images whose target boxes are all difficult
+    diff = eval_main([str(tmp_path / "data"), "--dataset", "folder", "--split", "test", "--annotations", str(hard),
+                      *args])["results"][0]
+    assert diff["spg_images"] == 0 and diff["stochastic_pointing_game"] is None and diff["images"] == 10
+    for key in ("acc1", "content_heatmap", "pointing_game"):
+        assert diff[key] == pytest.approx(voc[key], abs=1e-6), key
 
 
 def test_names_must_match(ckpt):

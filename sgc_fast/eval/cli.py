@@ -10,7 +10,8 @@ for ``center``) and scored with :mod:`sgc_fast.metrics`:
 - top-1 / top-5 accuracy (%);
 - content heatmap: ``nanmean`` of the in-box share of the CAM x 100 (zero-mass CAMs skipped);
 - pointing game (%): argmax within 15 px of a box pixel;
-- stochastic pointing game (%): 100 samples per image, seeded generator (``--spg-seed``);
+- stochastic pointing game (%): 100 samples per image, seeded generator (``--spg-seed``); with VOC
+  annotations, images whose target-class boxes are all ``difficult`` are skipped (as upstream);
 - insertion / deletion AUC (RISE; blur / zero substrate) at the model input resolution, on the first
   ``--causal-limit`` images (``--no-causal`` skips them). Tracked class = the prediction.
 
@@ -50,7 +51,7 @@ from ..metrics import (
 from ..ops import batched_cam
 from ..train.checkpoint import FORMAT, load_checkpoint
 from ..train.cli import _device
-from ..train.models import ARCHS, build_model, cam_grads, forward_feats
+from ..train.models import ARCHS, OUTPUT_STRIDES, build_model, cam_grads, forward_feats
 
 __all__ = ["METRICS", "build_parser", "main", "run"]
 
@@ -68,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--names", nargs="+", default=None, help="a name per checkpoint (default: the file paths)")
     p.add_argument("-a", "--arch", default=None, choices=ARCHS,
                    help="architecture of a foreign (non sgc-train) checkpoint; sgc-train checkpoints record theirs")
+    p.add_argument("--output-stride", type=int, default=32, choices=OUTPUT_STRIDES,
+                   help="of a foreign checkpoint; sgc-train checkpoints record theirs")
     p.add_argument("--dataset", default="synthetic", choices=("synthetic", "folder"))
     p.add_argument("--split", default=None, help="split to evaluate (default: test for synthetic, val for folder)")
     p.add_argument("--annotations", default=None,
@@ -117,7 +120,11 @@ class _Boxed(Dataset):
         idx = self.indices[i]
         img, target = self.base[idx]
         img = img.convert("RGB") if img.mode != "RGB" else img
-        boxes = torch.as_tensor(self.boxes_fn(idx), dtype=torch.float32).reshape(-1, 4)
+        boxes = self.boxes_fn(idx)
+        spg_skip = False
+        if isinstance(boxes, tuple):  # (boxes, skip the stochastic pointing game)
+            boxes, spg_skip = boxes
+        boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
         if self.view == "center":  # sgc-train's validation view; boxes follow the resize + crop
             S = self.eval_size
             w0, h0 = img.size
@@ -133,7 +140,7 @@ class _Boxed(Dataset):
             fed = img if self.eval_size is None else TF.resize(
                 img, self.eval_size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
             x = to_normalized(TF.to_tensor(fed))
-        return {"x": x, "raw": raw, "target": int(target), "boxes": boxes, "index": idx}
+        return {"x": x, "raw": raw, "target": int(target), "boxes": boxes, "index": idx, "spg_skip": spg_skip}
 
 
 def _json_boxes(split_dir: Path, base):
@@ -161,10 +168,12 @@ def _voc_boxes(ann: Path, base):
             raise FileNotFoundError(f"sgc-eval: no annotation for {rel} under {ann}")
         b, names, _ = read_voc_boxes(cand)
         cls = base.classes[base.samples[i][1]]
+        if cls not in names and names:  # object names differ from the folder names: the research rule (first object)
+            cls = names[0]
         keep = [k for k, n in enumerate(names) if n == cls]
-        if not keep and names:  # object names differ from the folder names: the research rule (first object)
-            keep = [k for k, n in enumerate(names) if n == names[0]]
-        return b[keep]
+        # The stochastic pointing game skips an image whose target boxes are all <difficult>1 (spec §7.2).
+        spg_skip = bool(keep) and len(read_voc_boxes(cand, cls, skip_difficult=True)[0]) == 0
+        return b[keep], spg_skip
 
     return boxes
 
@@ -212,19 +221,21 @@ def _meta(path: str, args) -> dict:
     ckpt = load_checkpoint(path)
     if ckpt.get("format") == FORMAT:
         return {"ckpt": ckpt, "arch": ckpt["arch"], "classes": list(ckpt["classes"]), "epoch": ckpt.get("epoch"),
-                "method": ckpt.get("method"), "args": ckpt.get("args") or {}}
+                "method": ckpt.get("method"), "args": ckpt.get("args") or {},
+                "output_stride": int(ckpt.get("output_stride", 32))}
     if args.arch is None:
         raise SystemExit(f"sgc-eval: {path} is not an sgc-train checkpoint; pass -a/--arch")
-    return {"ckpt": None, "arch": args.arch, "classes": None, "epoch": None, "method": None, "args": {}}
+    return {"ckpt": None, "arch": args.arch, "classes": None, "epoch": None, "method": None, "args": {},
+            "output_stride": args.output_stride}
 
 
 def _model(path: str, meta: dict, num_classes: int, device) -> torch.nn.Module:
     if meta["ckpt"] is None:
-        model = build_model(meta["arch"], num_classes, weights=path)
+        model = build_model(meta["arch"], num_classes, weights=path, output_stride=meta["output_stride"])
     else:
         if meta["ckpt"]["num_classes"] != num_classes:
             raise SystemExit(f"sgc-eval: {path} has {meta['ckpt']['num_classes']} classes, the data {num_classes}")
-        model = build_model(meta["arch"], num_classes)
+        model = build_model(meta["arch"], num_classes, output_stride=meta["output_stride"])
         model.load_state_dict(meta["ckpt"]["model"])
     return model.to(device).eval()
 
@@ -265,6 +276,10 @@ def _evaluate_one(model, loader, device, args, n_images: int, desc: str, grid_st
                 "stochastic_pointing_game": stochastic_pointing_game(
                     maps, boxes, args.samples, args.tolerance, generator=gen).double() * 100,
             }
+            skip = torch.tensor([it["spg_skip"] for it in run], device=device)
+            if bool(skip.any()):
+                spg = scores["stochastic_pointing_game"]
+                scores["stochastic_pointing_game"] = torch.where(skip, torch.full_like(spg, torch.nan), spg)
             if causal_left > 0:
                 m = min(causal_left, len(run))
                 in_maps = _upsample(cam[:m], x.shape[-2:])
@@ -284,7 +299,8 @@ def _evaluate_one(model, loader, device, args, n_images: int, desc: str, grid_st
             bar.update(len(run))
     bar.close()
     out = {k: (sums[k] / counts[k] if counts[k] else None) for k in METRICS}
-    out.update(images=seen, ch_images=counts["content_heatmap"], causal_images=counts["insertion_auc"])
+    out.update(images=seen, ch_images=counts["content_heatmap"], spg_images=counts["stochastic_pointing_game"],
+               causal_images=counts["insertion_auc"])
     return out
 
 

@@ -31,7 +31,7 @@ from ..data.views import (
 )
 from .checkpoint import FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .loop import JsonlLog, consistency_term, evaluate, train_one_epoch
-from .models import ARCHS, build_model, export_state_dict
+from .models import ARCHS, OUTPUT_STRIDES, build_model, export_state_dict
 
 __all__ = ["DATASETS", "build_parser", "main", "run"]
 
@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SGC masks: PATH to a mask cache (sgc_fast.saliency.MaskCache), 'ground-truth' "
                         "(synthetic), or 'opencv' (computed per sample in the loader; slow)")
     p.add_argument("--image-size", type=int, default=224, help="S: training / validation view size")
+    p.add_argument("--output-stride", type=int, default=32, choices=OUTPUT_STRIDES,
+                   help="16: layer4 without downsampling, CAMs of S/16 (7x7 at --image-size 112)")
     p.add_argument("-j", "--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers (default: min(4, CPUs))")
     p.add_argument("--epochs", type=int, default=90)
     p.add_argument("-b", "--batch-size", type=int, default=256)
@@ -183,11 +185,16 @@ def main(argv: list[str] | None = None) -> dict:
     if ckpt is not None and ckpt.get("format") != FORMAT:
         # A foreign checkpoint (e.g. the research code's): take only its weights.
         args.weights, ckpt = args.resume, None
-    model = build_model(args.arch, len(classes), pretrained=args.pretrained and ckpt is None, weights=args.weights)
+    model = build_model(args.arch, len(classes), pretrained=args.pretrained and ckpt is None, weights=args.weights,
+                        output_stride=args.output_stride)
     if ckpt is not None:
         if ckpt["arch"] != args.arch or ckpt["num_classes"] != len(classes):
             raise SystemExit(f"sgc-train: {args.resume} is a {ckpt['arch']} with {ckpt['num_classes']} classes, "
                              f"this run a {args.arch} with {len(classes)}")
+        stride = ckpt.get("output_stride", 32)
+        if stride != args.output_stride:
+            raise SystemExit(f"sgc-train: {args.resume} was trained with --output-stride {stride}, this run uses "
+                             f"{args.output_stride}")
         model.load_state_dict(ckpt["model"])
     model.to(device)
 
@@ -241,6 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"top-5 {acc5:.3f}  best {best_acc1:.3f}")
             state = {
                 "format": FORMAT, "arch": args.arch, "num_classes": len(classes), "classes": classes,
+                "output_stride": args.output_stride,
                 "method": args.method, "epoch": epoch + 1, "model": export_state_dict(model),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "acc1": acc1, "acc5": acc5, "best_acc1": best_acc1, "rng": rng_state(data_generator),

@@ -16,10 +16,11 @@ from torch import nn
 
 from ..cam import capture_feats, head_grads, target_grads
 
-__all__ = ["ARCHS", "build_model", "load_weights", "export_state_dict", "forward_feats", "cam_grads",
+__all__ = ["ARCHS", "OUTPUT_STRIDES", "build_model", "set_output_stride", "load_weights", "export_state_dict", "forward_feats", "cam_grads",
            "pretrained_path"]
 
 ARCHS = ("resnet18", "resnet50")
+OUTPUT_STRIDES = (32, 16)
 _PRETRAINED = {
     "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
     "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
@@ -72,13 +73,31 @@ def load_weights(model: nn.Module, source: str | os.PathLike | dict, log=print) 
         raise ValueError(f"weights: {name} does not fit the model: missing {missing[:8]}, unexpected {unexpected[:8]}")
 
 
+def set_output_stride(model: nn.Module, output_stride: int) -> nn.Module:
+    """Make a torchvision ResNet's layer4 keep layer3's resolution (``output_stride=16``): the stride-2
+    convolutions of ``layer4[0]`` (3x3 and the 1x1 shortcut) get stride 1, so layer4 — the CAM layer —
+    is ``S/16`` instead of ``S/32`` on a side (7x7 at 112 px, the grid of a standard 224-px run). No
+    parameter changes shape, so weights load either way. ``32`` leaves the model as it is."""
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"output_stride: expected one of {OUTPUT_STRIDES}, got {output_stride!r}")
+    if output_stride == 16:
+        if not isinstance(model, torchvision.models.ResNet):
+            raise ValueError(f"output_stride: 16 needs a torchvision ResNet, got {type(model).__name__}")
+        for module in model.layer4[0].modules():
+            if isinstance(module, nn.Conv2d) and module.stride == (2, 2):
+                module.stride = (1, 1)
+    return model
+
+
 def build_model(arch: str, num_classes: int, pretrained: bool = False, weights: str | os.PathLike | None = None,
-                log=print) -> nn.Module:
+                log=print, output_stride: int = 32) -> nn.Module:
     """``torchvision.models.<arch>(num_classes=num_classes)``, optionally initialised from the ImageNet
-    weights in the local hub cache (``pretrained``; never downloaded) or from a local file (``weights``)."""
+    weights in the local hub cache (``pretrained``; never downloaded) or from a local file (``weights``);
+    ``output_stride=16`` removes layer4's downsampling (:func:`set_output_stride`)."""
     if arch not in ARCHS:
         raise ValueError(f"arch: expected one of {ARCHS}, got {arch!r}")
-    model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    model = set_output_stride(getattr(torchvision.models, arch)(weights=None, num_classes=num_classes),
+                              output_stride)
     if pretrained:
         path = pretrained_path(arch)
         if not path.is_file():

@@ -1,0 +1,81 @@
+"""``--output-stride 16`` (7x7 CAMs at 112 px) and the demo driver (``python -m sgc_fast.demo``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sgc_fast.demo import format_summary, summarize
+from sgc_fast.demo import main as demo_main
+from sgc_fast.eval.cli import cams
+from sgc_fast.train.models import build_model, forward_feats, set_output_stride
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_output_stride_16_gives_7x7_at_112(arch):
+    torch.manual_seed(0)
+    m16 = build_model(arch, 3, output_stride=16).eval()
+    m32 = build_model(arch, 3).eval()
+    m32.load_state_dict(m16.state_dict())  # same parameters, only the strides differ
+    x = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        logits16, feats16 = forward_feats(m16, x)
+        _, feats32 = forward_feats(m32, x)
+    assert feats16.shape[-2:] == (7, 7) and feats32.shape[-2:] == (4, 4)
+    assert logits16.shape == (2, 3)
+    _, cam = cams(m16, x, torch.tensor([0, 2]))
+    assert cam.shape == (2, 7, 7) and bool((cam >= 0).all())
+
+
+def test_output_stride_errors():
+    with pytest.raises(ValueError, match="output_stride"):
+        build_model("resnet18", 3, output_stride=8)
+    with pytest.raises(ValueError, match="output_stride"):
+        set_output_stride(torch.nn.Linear(2, 2), 16)
+
+
+def test_summary_mean_and_sample_std():
+    per_seed = [{"a": {"acc1": 10.0, "content_heatmap": 1.0, "pointing_game": 2.0, "insertion_auc": 0.5,
+                       "deletion_auc": None}},
+                {"a": {"acc1": 20.0, "content_heatmap": 3.0, "pointing_game": 2.0, "insertion_auc": 0.7,
+                       "deletion_auc": None}}]
+    s = summarize(per_seed)["a"]
+    assert s["acc1"] == (15.0, pytest.approx(50.0 ** 0.5), 2)
+    assert s["pointing_game"] == (2.0, 0.0, 2)
+    assert s["insertion_auc"][0] == pytest.approx(0.6)
+    assert s["deletion_auc"] == (None, None, 0)
+    table = format_summary(summarize(per_seed), 2)
+    assert "15.0 ± 7.1" in table and "0.600 ± 0.141" in table and table.count("\n") == 2
+
+
+def test_demo_end_to_end_tiny(tmp_path):
+    """The whole driver at a toy size: two trainings, one evaluation, summary JSON and grid."""
+    grid = tmp_path / "grid.png"
+    rec = demo_main(["--out", str(tmp_path / "runs"), "--grid", str(grid), "--image-size", "32",
+                     "--train-images", "32", "--epochs", "1", "-b", "16", "--eval-limit", "8",
+                     "--causal-limit", "2", "-j", "0", "--no-progress", "--split", "val"])
+    saved = json.loads((tmp_path / "runs" / "summary.json").read_text())
+    assert saved["seeds"] == [0] and set(saved["summary"]) == {"baseline", "sgc"}
+    for name in ("baseline", "sgc"):
+        row = rec["per_seed"][0][name]
+        assert row["images"] == 8 and row["causal_images"] == 2
+        assert (tmp_path / "runs" / "seed0" / name / "last.pt").is_file()
+        ck = torch.load(tmp_path / "runs" / "seed0" / name / "last.pt", weights_only=False)
+        assert ck["output_stride"] == 16 and ck["method"] == name
+    assert grid.is_file() and grid.stat().st_size > 0
+    assert "baseline" in rec["table"] and "sgc" in rec["table"]
+
+
+def test_demo_rejects_zero_seeds(tmp_path):
+    with pytest.raises(SystemExit, match="seeds"):
+        demo_main(["--seeds", "0", "--out", str(tmp_path)])
