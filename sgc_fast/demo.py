@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> dict:
         ckpts = [_train(args, m, seed, run_dir) for m in args.methods]
         result = _evaluate(args, ckpts, list(args.methods), seed, run_dir, args.grid if k == 0 else None)
         per_seed.append({r["name"]: r for r in result["results"]})
+        if args.seeds > 1:
+            print(f"\n[seed {seed}] unbiased {args.split} split\n{format_summary(summarize(per_seed[-1:]), 1)}\n",
+                  flush=True)
     summary = summarize(per_seed)
     table = format_summary(summary, args.seeds)
     minutes = (time.perf_counter() - t_start) / 60
