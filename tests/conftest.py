@@ -22,3 +22,13 @@ def seed(request) -> int:
     request.node.user_properties.append(("seed", value))
     print(f"[{request.node.nodeid}] SGC_TEST_SEED={value}")
     return value
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): faster on a
+    busy 2-core machine, and the same reduction order in every run."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

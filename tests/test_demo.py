@@ -12,13 +12,7 @@ from sgc_fast.demo import main as demo_main
 from sgc_fast.eval.cli import cams
 from sgc_fast.train.models import build_model, forward_feats, set_output_stride
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])

@@ -19,12 +19,7 @@ TRAIN = ["--dataset", "synthetic", "--image-size", "32", "--epochs", "1", "-b", 
 COMMON = ["-j", "0", "--no-progress"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,7 @@ TINY = ["--dataset", "synthetic", "--image-size", "48", "--limit", "48", "-b", "
         "-j", "0", "--seed", "0", "--no-progress", "--method", "sgc", "--saliency", "ground-truth"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: faster on a busy 2-core machine, and the same reduction order in every run."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(tmp, *extra):
