@@ -9,7 +9,10 @@ Backends compared in one run, on one device:
 - ``compile``: ``torch.compile`` of the reference forward + backward (GPU only);
 - ``cpu`` / ``cuda`` / ``triton``: the fused backends;
 - ``floor`` (GPU only): bytes that must move / measured copy bandwidth + Gram FLOPs / measured IEEE
-  fp32 matmul rate.
+  fp32 matmul rate;
+- ``<fused backend>:torch-glue`` (on request, e.g. ``cuda:torch-glue``): that backend with the float64 glue
+  around its kernels as plain PyTorch ops (``SGC_FAST_GLUE=torch``) instead of the native glue ops -- the
+  ablation of the glue's launch overhead.
 
 Passes: ``fwd`` (loss forward, graph built), ``bwd`` (backward alone, after an untimed forward),
 ``full`` (both). Memory (GPU only): ``peak_mb`` = peak allocated during forward + backward beyond the
@@ -25,8 +28,10 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as _dt
+import os
 import platform
 import statistics
 import sys
@@ -134,9 +139,30 @@ def leaves(inputs):
     return [v for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.requires_grad]
 
 
+GLUE_SUFFIX = ":torch-glue"
+
+
+@contextlib.contextmanager
+def glue_env(backend: str):
+    """``SGC_FAST_GLUE=torch`` while a ``...:torch-glue`` backend is measured (forward and backward)."""
+    if not backend.endswith(GLUE_SUFFIX):
+        yield
+        return
+    old = os.environ.get("SGC_FAST_GLUE")
+    os.environ["SGC_FAST_GLUE"] = "torch"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["SGC_FAST_GLUE"]
+        else:
+            os.environ["SGC_FAST_GLUE"] = old
+
+
 def loss_fn(backend: str, case: Case, inputs):
     """A closure computing the loss from ``inputs`` with ``backend``."""
     size = (case.H, case.W)
+    backend = backend.removesuffix(GLUE_SUFFIX)
 
     def grads_of(view):
         if case.grads == "dense":
@@ -377,24 +403,25 @@ def main(argv=None) -> int:
                             rows.append(row)
                             print(_fmt(row), flush=True)
                             continue
-                        try:
-                            inputs = make_inputs(case)
-                            fn = loss_fn(backend, case, inputs)
-                            params = leaves(inputs)
-                            if device.type == "cuda":
-                                ms = time_pass_gpu(fn, params, which)
-                                if which == "full":
-                                    peak, saved = memory_mb(fn, params, device)
-                                    row["peak_mb"], row["saved_mb"] = f"{peak:.1f}", f"{saved:.1f}"
-                            else:
-                                ms = time_pass(fn, params, which, device, args.warmup, args.reps)
-                        except Exception as exc:  # a backend that fails is reported, not fatal
-                            print(f"{backend} {method} {grads} {which}: FAILED {type(exc).__name__}: {exc}",
-                                  flush=True)
-                            continue
-                        finally:
-                            if device.type == "cuda":
-                                torch.cuda.empty_cache()
+                        with glue_env(backend):
+                            try:
+                                inputs = make_inputs(case)
+                                fn = loss_fn(backend, case, inputs)
+                                params = leaves(inputs)
+                                if device.type == "cuda":
+                                    ms = time_pass_gpu(fn, params, which)
+                                    if which == "full":
+                                        peak, saved = memory_mb(fn, params, device)
+                                        row["peak_mb"], row["saved_mb"] = f"{peak:.1f}", f"{saved:.1f}"
+                                else:
+                                    ms = time_pass(fn, params, which, device, args.warmup, args.reps)
+                            except Exception as exc:  # a backend that fails is reported, not fatal
+                                print(f"{backend} {method} {grads} {which}: FAILED {type(exc).__name__}: {exc}",
+                                      flush=True)
+                                continue
+                            finally:
+                                if device.type == "cuda":
+                                    torch.cuda.empty_cache()
                         row["median_ms"] = f"{ms:.3f}"
                         rows.append(row)
                         print(_fmt(row), flush=True)

@@ -8,6 +8,10 @@
 //                          tile from the h x w CAMs; never writes an H x W map.
 //   contrast_sweep_backward  adjoint of contrast_sweep for given coefficient matrices (see
 //                          sgc_fast/contrast.py for how the coefficients follow from dlogits).
+//   contrast_normalise, contrast_epilogue, contrast_coefficients, contrast_unnormalise
+//                          the float64 glue around the sweep (contrast_glue.h): sum normalisation of the
+//                          CAMs, logits from the stats, backward coefficients, and the chain back to the
+//                          raw CAMs -- one launch each instead of dozens of small ATen ops.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -33,4 +37,12 @@ TORCH_LIBRARY(sgc_fast, m) {
       " Tensor vy, Tensor vx, Tensor neg_cam, Tensor neg_mask, float eps, Tensor coef_aa,"
       " Tensor coef_aq, Tensor coef_qa, Tensor coef_qq, Tensor coef_ap, Tensor coef_pa,"
       " Tensor coef_pp) -> (Tensor, Tensor, Tensor)");
+  m.def("contrast_normalise(Tensor cam, Tensor weight, float eps, ScalarType dtype) -> (Tensor, Tensor)");
+  m.def(
+      "contrast_epilogue(Tensor gram, Tensor pos, Tensor norm_aug, Tensor norm_orig, Tensor norm_neg,"
+      " Tensor? self_index, bool separate, float temperature, ScalarType dtype) -> (Tensor, Tensor)");
+  m.def(
+      "contrast_coefficients(Tensor stats, Tensor grad_logits, Tensor? self_index, bool separate,"
+      " float temperature) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("contrast_unnormalise(Tensor grad_ct, Tensor cam, Tensor total, Tensor weight) -> Tensor");
 }

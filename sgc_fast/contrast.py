@@ -22,11 +22,18 @@ normalisations, is a *linear combination of the same vectors* (:func:`coefficien
 ``dQ = C_qa A + diag(c_qq) Q``. Pulling these fields back through masks and upsampling gives the
 gradient w.r.t. ``ct`` (again low-resolution or swept), and :func:`unnormalise_grad` finishes the
 chain to the raw CAMs. The backward itself is not differentiable again.
+
+The functions here are the plain-PyTorch form of this glue (the semantics, and what runs without the
+extension). Where the extension has kernels for the device, :mod:`sgc_fast.ops` runs the same glue as four
+native ops instead (``sgc_fast::contrast_normalise``, ``contrast_epilogue``, ``contrast_coefficients``,
+``contrast_unnormalise``; csrc/contrast_glue.h): one launch each in place of ~60 small ATen ops per
+forward + backward. ``SGC_FAST_GLUE=torch`` forces the PyTorch form (:func:`native_glue`).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +42,7 @@ from .interp import cacheable, upsample_matrix, warp_matrices
 from .reference import NORM_EPS
 
 __all__ = [
-    "Problem", "prepare", "logits_from_stats", "coefficients", "lowres_stats", "lowres_grads", "unnormalise_grad",
+    "Problem", "native_glue", "prepare", "logits_from_stats", "coefficients", "lowres_stats", "lowres_grads", "unnormalise_grad",
 ]
 
 
@@ -43,9 +50,9 @@ __all__ = [
 class Problem:
     """Everything both passes need, in float64 unless noted (all tensors are tiny)."""
 
-    ct_aug: torch.Tensor  # [B, h, w]
-    ct_orig: torch.Tensor  # [B, h, w]
-    ct_neg: torch.Tensor  # [N, h, w]; N = 0 without separate negatives
+    ct_aug: torch.Tensor  # [B, h, w] in prepare's ct_dtype
+    ct_orig: torch.Tensor  # [B, h, w] in prepare's ct_dtype
+    ct_neg: torch.Tensor  # [N, h, w] in prepare's ct_dtype; N = 0 without separate negatives
     sum_aug: torch.Tensor  # [B]   w.c + eps of the raw CAMs (the normaliser)
     sum_orig: torch.Tensor
     sum_neg: torch.Tensor
@@ -59,6 +66,7 @@ class Problem:
     eps: float
     H: int
     W: int
+    warped: bool = True  # V differs from U (a crop was given)
 
     @property
     def B(self) -> int:
@@ -69,8 +77,41 @@ class Problem:
         return self.ct_neg.shape[0] > 0
 
 
-def prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps) -> Problem:
-    """Interpolation matrices and sum-normalised CAMs (float64)."""
+    def matrices(self, dtype: torch.dtype):
+        """``(uy, ux, vy, vx)`` in ``dtype`` (the sweep kernels' inputs); without a crop the converted matrices
+        come from a per-geometry cache instead of four conversions per call."""
+        if dtype == torch.float64:
+            return self.uy, self.ux, self.vy, self.vx
+        h, w = self.ct_aug.shape[1:]
+        if not self.warped and cacheable(self.H, self.W, h, w) and type(self.uy) is torch.Tensor:
+            uy, ux = _constants_as(self.H, self.W, h, w, self.uy.device, dtype)
+            return uy, ux, uy[None], ux[None]
+        return self.uy.to(dtype), self.ux.to(dtype), self.vy.to(dtype), self.vx.to(dtype)
+
+
+def native_glue(device: torch.device) -> bool:
+    """Whether the glue runs as the extension's native ops on ``device`` (else as the PyTorch functions of this
+    module): the extension has kernels for the device type and ``SGC_FAST_GLUE`` is not ``torch``."""
+    if os.environ.get("SGC_FAST_GLUE", "native") == "torch":
+        return False
+    return _native_glue_built(device.type)
+
+
+@functools.cache
+def _native_glue_built(device_type: str) -> bool:
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    if key is None:
+        return False
+    try:
+        from . import _C  # noqa: F401
+    except ImportError:
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key("sgc_fast::contrast_normalise", key)
+
+
+def prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps, ct_dtype: torch.dtype = torch.float64) -> Problem:
+    """Interpolation matrices (float64) and sum-normalised CAMs (in ``ct_dtype``: float64 for the closed
+    forms, the sweep kernel's dtype for the sweep; the normaliser is computed in float64 either way)."""
     H, W = size[0], size[1]
     _, h, w = cam_aug.shape
     dev = cam_aug.device
@@ -84,18 +125,25 @@ def prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps) -> Problem:
     else:
         vy, vx = uy[None], ux[None]
 
-    def normalise(c):
-        c = c.to(f64)
-        s = (c * weight).sum((1, 2)) + eps
-        return c / s[:, None, None], s
+    if native_glue(dev) and type(cam_aug) is torch.Tensor:
+
+        def normalise(c):
+            return torch.ops.sgc_fast.contrast_normalise(c, weight, eps, ct_dtype)
+    else:
+
+        def normalise(c):
+            c = c.to(f64)
+            s = (c * weight).sum((1, 2)) + eps
+            return (c / s[:, None, None]).to(ct_dtype), s
 
     ct_aug, s_aug = normalise(cam_aug)
     ct_orig, s_orig = normalise(cam_orig)
     if neg_cam is None:
-        ct_neg, s_neg = ct_aug.new_zeros((0, h, w)), ct_aug.new_zeros((0,))
+        ct_neg, s_neg = ct_aug.new_zeros((0, h, w)), ct_aug.new_zeros((0,), dtype=f64)
     else:
         ct_neg, s_neg = normalise(neg_cam)
-    return Problem(ct_aug, ct_orig, ct_neg, s_aug, s_orig, s_neg, uy, ux, vy, vx, weight, my, mx, eps, H, W)
+    return Problem(ct_aug, ct_orig, ct_neg, s_aug, s_orig, s_neg, uy, ux, vy, vx, weight, my, mx, eps, H, W,
+                   crop is not None)
 
 
 @functools.lru_cache(maxsize=32)
@@ -104,6 +152,13 @@ def _constants(H: int, W: int, h: int, w: int, device: torch.device):
     uy = upsample_matrix(H, h, torch.float64, device)
     ux = upsample_matrix(W, w, torch.float64, device)
     return uy, ux, torch.outer(uy.sum(0), ux.sum(0)), uy.T @ uy, ux.T @ ux
+
+
+@functools.lru_cache(maxsize=32)
+def _constants_as(H: int, W: int, h: int, w: int, device: torch.device, dtype: torch.dtype):
+    """``Uy, Ux`` of one geometry converted to ``dtype`` (read-only)."""
+    uy, ux = _constants(H, W, h, w, device)[:2]
+    return uy.to(dtype), ux.to(dtype)
 
 
 def _sep(my: torch.Tensor, c: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:

@@ -255,14 +255,22 @@ def _keep_problem(packed: torch.Tensor, pb) -> None:
 
 def contrast_forward(sweep, cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, size, temperature, eps):
     """Shared forward of the fused backends: ``sweep(problem, mask_u8, neg_mask_u8, dtype) -> stats``
-    runs the masked case; the unmasked case uses the low-resolution closed form."""
-    pb = contrast.prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps)
+    runs the masked case; the unmasked case uses the low-resolution closed form. The glue around it runs
+    as native ops where the extension has them for the device (:func:`contrast.native_glue`)."""
+    dtype = kernel_dtype(cam_orig, cam_aug, neg_cam)
+    native = contrast.native_glue(cam_aug.device)
+    # The sweep reads the normalised CAMs in its own dtype; the closed forms need them in float64.
+    ct_dtype = torch.float64 if mask is None else dtype
+    pb = contrast.prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps, ct_dtype)
     if mask is None:
         stats = contrast.lowres_stats(pb)
     else:
-        stats = sweep(pb, _as_mask_bytes(mask), _as_mask_bytes(neg_mask), kernel_dtype(cam_orig, cam_aug, neg_cam))
-    logits = contrast.logits_from_stats(stats, pb.separate, self_index, temperature, kernel_dtype(cam_orig, cam_aug, neg_cam))
-    packed = pack_stats(stats)
+        stats = sweep(pb, _as_mask_bytes(mask), _as_mask_bytes(neg_mask), dtype)
+    if native:
+        logits, packed = torch.ops.sgc_fast.contrast_epilogue(*stats, self_index, pb.separate, temperature, dtype)
+    else:
+        logits = contrast.logits_from_stats(stats, pb.separate, self_index, temperature, dtype)
+        packed = pack_stats(stats)
     _keep_problem(packed, pb)  # the backward reuses the interpolation matrices instead of rebuilding them
     return logits, packed
 
@@ -280,32 +288,44 @@ def take_problem(packed: torch.Tensor):
 def contrast_backward(sweep_backward, grad_logits, packed, cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask,
                       self_index, size, temperature, eps, pb=None):
     """Shared backward of the fused backends: gradients w.r.t. (cam_orig, cam_aug, neg_cam)."""
+    dtype = kernel_dtype(cam_orig, cam_aug, neg_cam)
     if pb is None:
-        pb = contrast.prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps)
-    NQ = pb.ct_neg.shape[0] if pb.separate else pb.B
-    stats = unpack_stats(packed, pb.B, NQ)
-    coefs = contrast.coefficients(stats, pb.separate, grad_logits, self_index, temperature)
+        pb = contrast.prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps,
+                              torch.float64 if mask is None else dtype)
+    native = contrast.native_glue(cam_aug.device)
+    if native:
+        if grad_logits.dtype not in (torch.float32, torch.float64):
+            grad_logits = grad_logits.to(dtype)
+        c_aa, c_aq, c_qa, c_qq, c_ap, c_pp = torch.ops.sgc_fast.contrast_coefficients(
+            packed, grad_logits, self_index, pb.separate, temperature)
+        coefs = (c_aa, c_aq, c_qa, c_qq, c_ap, c_ap, c_pp)
+    else:
+        NQ = pb.ct_neg.shape[0] if pb.separate else pb.B
+        stats = unpack_stats(packed, pb.B, NQ)
+        coefs = contrast.coefficients(stats, pb.separate, grad_logits, self_index, temperature)
     if mask is None:
         g_aug, g_orig, g_neg = contrast.lowres_grads(pb, coefs)
     else:
-        g_aug, g_orig, g_neg = sweep_backward(
-            pb, _as_mask_bytes(mask), _as_mask_bytes(neg_mask), coefs, kernel_dtype(cam_orig, cam_aug, neg_cam)
-        )
-    d_orig = contrast.unnormalise_grad(g_orig, cam_orig, pb.sum_orig, pb.weight).to(cam_orig.dtype)
-    d_aug = contrast.unnormalise_grad(g_aug, cam_aug, pb.sum_aug, pb.weight).to(cam_aug.dtype)
-    d_neg = None
-    if neg_cam is not None:
-        d_neg = contrast.unnormalise_grad(g_neg, neg_cam, pb.sum_neg, pb.weight).to(neg_cam.dtype)
+        g_aug, g_orig, g_neg = sweep_backward(pb, _as_mask_bytes(mask), _as_mask_bytes(neg_mask), coefs, dtype)
+    if native:
+        def unnormalise(g, cam, total):
+            return torch.ops.sgc_fast.contrast_unnormalise(g, cam, total, pb.weight)
+    else:
+        def unnormalise(g, cam, total):
+            return contrast.unnormalise_grad(g, cam, total, pb.weight).to(cam.dtype)
+    d_orig = unnormalise(g_orig, cam_orig, pb.sum_orig)
+    d_aug = unnormalise(g_aug, cam_aug, pb.sum_aug)
+    d_neg = None if neg_cam is None else unnormalise(g_neg, neg_cam, pb.sum_neg)
     return d_orig, d_aug, d_neg
 
 
 def _sweep_args(pb, mask_u8, neg_mask_u8, dtype):
     H, W = pb.H, pb.W
-    neg = pb.ct_neg.to(dtype)
     if neg_mask_u8 is None:
         neg_mask_u8 = torch.zeros((0, H, W), dtype=torch.uint8, device=mask_u8.device)
-    return (pb.ct_aug.to(dtype), pb.ct_orig.to(dtype), mask_u8, pb.uy.to(dtype), pb.ux.to(dtype), pb.vy.to(dtype),
-            pb.vx.to(dtype), neg, neg_mask_u8, float(pb.eps))
+    uy, ux, vy, vx = pb.matrices(dtype)
+    return (pb.ct_aug.to(dtype), pb.ct_orig.to(dtype), mask_u8, uy, ux, vy, vx, pb.ct_neg.to(dtype), neg_mask_u8,
+            float(pb.eps))
 
 
 def _cpp_sweep(pb, mask_u8, neg_mask_u8, dtype):
@@ -386,6 +406,30 @@ if _EXT_ERROR is None:
         d = torch.float64
         return (cam_aug.new_empty(cam_aug.shape, dtype=d), cam_aug.new_empty(cam_aug.shape, dtype=d),
                 cam_aug.new_empty(neg_cam.shape, dtype=d))
+
+
+if _EXT_ERROR is None:  # the native glue (contrast.native_glue); fakes so that the ops also trace
+
+    @torch.library.register_fake("sgc_fast::contrast_normalise")
+    def _contrast_normalise_fake(cam, weight, eps, dtype):
+        return cam.new_empty(cam.shape, dtype=dtype), cam.new_empty((cam.shape[0],), dtype=torch.float64)
+
+    @torch.library.register_fake("sgc_fast::contrast_epilogue")
+    def _contrast_epilogue_fake(gram, pos, norm_aug, norm_orig, norm_neg, self_index, separate, temperature, dtype):
+        B, NQ = gram.shape
+        logits = gram.new_empty((B, 1 + NQ if separate else B), dtype=dtype)
+        return logits, gram.new_empty((B * NQ + 3 * B + NQ,))
+
+    @torch.library.register_fake("sgc_fast::contrast_coefficients")
+    def _contrast_coefficients_fake(stats, grad_logits, self_index, separate, temperature):
+        B = grad_logits.shape[0]
+        N = grad_logits.shape[1] - 1 if separate else 0
+        f = stats.new_empty
+        return f((B, B)), f((B, N)), f((N, B)), f((N,)), f((B,)), f((B,))
+
+    @torch.library.register_fake("sgc_fast::contrast_unnormalise")
+    def _contrast_unnormalise_fake(grad_ct, cam, total, weight):
+        return torch.empty_like(cam)
 
 
 def check_contrast_args(cam_orig, cam_aug, mask, crop, flip, size, temperature, eps, neg_cam, neg_mask, self_index):

@@ -1,0 +1,142 @@
+// The float64 "glue" of contrast_logits around the sweep, per element, shared by the CPU and CUDA kernels of
+// cpu/contrast_glue.cpp and cuda/contrast_glue.cu (host and device code). The formulas are those of
+// sgc_fast/contrast.py (the plain-PyTorch glue, kept as the reference and for the Triton backend without the
+// extension); what differs between the devices is only how reductions are split (sequential on the CPU, fixed
+// warp/block trees on the GPU).
+//
+// Packed stats (float64, one buffer kept from forward to backward):
+//   [ gram B*NQ | pos B | |a|^2 B | |p|^2 B | |q|^2 NQ ]
+// NQ = B without separate negatives (q = a, the logits then skip the diagonal), else the number of negatives.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define SGC_HD __host__ __device__ __forceinline__
+#else
+#define SGC_HD inline
+#endif
+
+namespace sgc_fast {
+namespace glue {
+
+constexpr double kNormEps = 1e-12;  // F.normalize's floor on the norm (sgc_fast.reference.NORM_EPS)
+
+struct Stats {
+  const double* gram;  // [B, NQ]
+  const double* pos;   // [B]
+  const double* na;    // [B]
+  const double* np;    // [B]
+  const double* nq;    // [NQ]
+  int64_t B, NQ;
+};
+
+SGC_HD int64_t packed_numel(int64_t B, int64_t NQ) { return B * NQ + 3 * B + NQ; }
+
+SGC_HD Stats unpack(const double* packed, int64_t B, int64_t NQ) {
+  Stats s;
+  s.gram = packed;
+  s.pos = packed + B * NQ;
+  s.na = s.pos + B;
+  s.np = s.na + B;
+  s.nq = s.np + B;
+  s.B = B;
+  s.NQ = NQ;
+  return s;
+}
+
+// Norm from a squared norm, NaN kept (clamp_min semantics: NaN < x is false).
+SGC_HD double norm_of(double sq) {
+  return sqrt(sq < 0.0 ? 0.0 : sq);
+}
+
+// 1 / max(|v|, kNormEps): the L2 normalisation's scale.
+SGC_HD double inv_norm(double sq) {
+  const double n = norm_of(sq);
+  return 1.0 / (n < kNormEps ? kNormEps : n);
+}
+
+// Whether the norm is above the floor (only then does the normalisation have a radial derivative).
+SGC_HD bool above_floor(double sq) { return norm_of(sq) > kNormEps; }
+
+// Without separate negatives: the Gram column of row i's negative number c (0-based, diagonal skipped), and
+// back. With separate negatives both are the identity.
+SGC_HD int64_t gram_col(int64_t i, int64_t c) { return c < i ? c : c + 1; }
+SGC_HD int64_t neg_col(int64_t i, int64_t j) { return j < i ? j : j - 1; }
+
+// Scale of Gram column j: of a_j without separate negatives, of q_j with them.
+SGC_HD double col_scale(const Stats& s, int64_t j, bool separate) {
+  return inv_norm(separate ? s.nq[j] : s.na[j]);
+}
+
+// Logit (i, c): c = 0 the positive cosine, c >= 1 the negative c - 1; -inf at row i's own column among
+// separate negatives (self = -1: none). Divided by the temperature t.
+SGC_HD double logit(const Stats& s, int64_t i, int64_t c, bool separate, int64_t self, double t) {
+  const double sa = inv_norm(s.na[i]);
+  if (c == 0) return s.pos[i] * sa * inv_norm(s.np[i]) / t;
+  const int64_t j = separate ? c - 1 : gram_col(i, c - 1);
+  if (separate && j == self) return -HUGE_VAL;
+  return s.gram[i * s.NQ + j] * sa * col_scale(s, j, separate) / t;
+}
+
+// d loss / d cos(a_i, column j) (already divided by t) from the logits' gradient g ([B, ncols], row stride
+// ncols); 0 on the diagonal (no separate negatives) and at row i's own column (separate negatives).
+template <typename G>
+SGC_HD double dcos(const G* g, int64_t ncols, int64_t i, int64_t j, bool separate, int64_t self, double t) {
+  if (separate) return j == self ? 0.0 : static_cast<double>(g[i * ncols + 1 + j]) / t;
+  if (j == i) return 0.0;
+  return static_cast<double>(g[i * ncols + 1 + neg_col(i, j)]) / t;
+}
+
+// Coefficient of the off-diagonal a-a term without separate negatives: cos(a_i, a_j) appears in row i and
+// in row j, so the derivative w.r.t. the pair is d_ij + d_ji.
+template <typename G>
+SGC_HD double coef_aa_offdiag(const Stats& s, const G* g, int64_t ncols, int64_t i, int64_t j, double t) {
+  const double d = dcos(g, ncols, i, j, false, -1, t) + dcos(g, ncols, j, i, false, -1, t);
+  return inv_norm(s.na[i]) * d * inv_norm(s.na[j]);
+}
+
+// Row i's contribution from column j to kappa_a (a_hat_i . d a_hat_i).
+template <typename G>
+SGC_HD double kappa_a_term(const Stats& s, const G* g, int64_t ncols, int64_t i, int64_t j, bool separate,
+                           int64_t self, double t) {
+  const double cos = s.gram[i * s.NQ + j] * inv_norm(s.na[i]) * col_scale(s, j, separate);
+  double d = dcos(g, ncols, i, j, separate, self, t);
+  if (!separate) d += dcos(g, ncols, j, i, false, -1, t);
+  return d * cos;
+}
+
+// Per-row outputs once kappa_a_i (sum of kappa_a_term over j) is known: the diagonal of c_aa, c_ap (= c_pa)
+// and c_pp.
+template <typename G>
+SGC_HD void row_coefs(const Stats& s, const G* g, int64_t ncols, int64_t i, double kappa_sum, double t,
+                      double* caa_ii, double* cap_i, double* cpp_i) {
+  const double sa = inv_norm(s.na[i]), sp = inv_norm(s.np[i]);
+  const double q = static_cast<double>(g[i * ncols]) / t;
+  const double cos_pos = s.pos[i] * sa * sp;
+  const double kappa = kappa_sum + q * cos_pos;
+  *caa_ii = above_floor(s.na[i]) ? -(kappa * sa * sa) : -0.0;
+  *cap_i = q * sa * sp;
+  *cpp_i = above_floor(s.np[i]) ? -(q * cos_pos * sp * sp) : -0.0;
+}
+
+// Separate negatives: column k's contribution from row i to kappa_q (q_hat_k . d q_hat_k), and c_aq[i, k].
+template <typename G>
+SGC_HD double kappa_q_term(const Stats& s, const G* g, int64_t ncols, int64_t i, int64_t k, int64_t self, double t) {
+  const double cos = s.gram[i * s.NQ + k] * inv_norm(s.na[i]) * inv_norm(s.nq[k]);
+  return dcos(g, ncols, i, k, true, self, t) * cos;
+}
+
+template <typename G>
+SGC_HD double coef_aq(const Stats& s, const G* g, int64_t ncols, int64_t i, int64_t k, int64_t self, double t) {
+  return inv_norm(s.na[i]) * dcos(g, ncols, i, k, true, self, t) * inv_norm(s.nq[k]);
+}
+
+SGC_HD double coef_qq(const Stats& s, int64_t k, double kappa_q) {
+  const double sq = inv_norm(s.nq[k]);
+  return above_floor(s.nq[k]) ? -(kappa_q * sq * sq) : -0.0;
+}
+
+}  // namespace glue
+}  // namespace sgc_fast

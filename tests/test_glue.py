@@ -1,0 +1,199 @@
+"""The native glue ops (csrc/contrast_glue.h: contrast_normalise, contrast_epilogue, contrast_coefficients,
+contrast_unnormalise) against the plain-PyTorch glue of sgc_fast/contrast.py, which defines them; and the
+switch between the two (SGC_FAST_GLUE)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from problem import assert_close, random_mask
+
+import sgc_fast
+from sgc_fast import contrast, ops
+
+pytestmark = pytest.mark.skipif(not contrast.native_glue(torch.device("cpu")),
+                                reason="extension without the native glue (or SGC_FAST_GLUE=torch)")
+
+F64 = torch.float64
+native = torch.ops.sgc_fast
+
+
+def _problem(B, N, h=5, w=3, H=19, W=11, dtype=F64):
+    """A real (unmasked) problem and its stats; N = 0: no separate negatives."""
+    co, ca = torch.rand(B, h, w, dtype=dtype), torch.rand(B, h, w, dtype=dtype)
+    neg = torch.rand(N, h, w, dtype=dtype) if N else None
+    pb = contrast.prepare(co, ca, neg, None, None, (H, W), 1e-8)
+    return pb, list(contrast.lowres_stats(pb))
+
+
+def _degenerate(stats, separate):
+    """Zero and negative squared norms (below the normalisation's floor) in some rows and columns."""
+    gram, pos, na, np_, nq = (s.clone() for s in stats)
+    na[0] = 0.0
+    np_[-1] = -1e-30
+    if separate:
+        nq[-1] = 0.0
+    else:
+        nq = na  # q = a without separate negatives
+    return [gram, pos, na, np_, nq]
+
+
+CASES = [(2, 0), (5, 0), (4, 3), (3, 7)]  # (B, N)
+
+
+@pytest.mark.parametrize("cam_dtype", [torch.float16, torch.bfloat16, torch.float32, F64])
+@pytest.mark.parametrize("ct_dtype", [torch.float32, F64])
+def test_normalise(cam_dtype, ct_dtype):
+    cam = torch.rand(4, 7, 5).to(cam_dtype)
+    weight = torch.rand(7, 5, dtype=F64)
+    ct, total = native.contrast_normalise(cam, weight, 1e-8, ct_dtype)
+    expect_total = (cam.to(F64) * weight).sum((1, 2)) + 1e-8
+    assert ct.dtype == ct_dtype and total.dtype == F64
+    assert_close(total, expect_total, rtol=1e-14, what="total")
+    assert_close(ct, (cam.to(F64) / expect_total[:, None, None]).to(ct_dtype), rtol=1e-14 if ct_dtype == F64 else 1e-7,
+                 what="ct")
+
+
+def test_normalise_strided():
+    cam = torch.rand(5, 3, 4, dtype=F64).transpose(1, 2)  # [5, 4, 3], not contiguous
+    weight = torch.rand(4, 3, dtype=F64)
+    ct, total = native.contrast_normalise(cam, weight, 0.5, F64)
+    assert_close(total, (cam * weight).sum((1, 2)) + 0.5, rtol=1e-14)
+    assert_close(ct, cam / total[:, None, None], rtol=1e-14)
+
+
+@pytest.mark.parametrize("degenerate", [False, True])
+@pytest.mark.parametrize("self_index", [False, True])
+@pytest.mark.parametrize("B,N", CASES)
+@pytest.mark.parametrize("out_dtype", [torch.float32, F64])
+def test_epilogue(B, N, self_index, degenerate, out_dtype):
+    if self_index and not N:
+        pytest.skip("self_index needs separate negatives")
+    pb, stats = _problem(B, N)
+    if degenerate:
+        stats = _degenerate(stats, pb.separate)
+    idx = torch.randint(-1, N, (B,)) if self_index else None
+    logits, packed = native.contrast_epilogue(*stats, idx, pb.separate, 0.3, out_dtype)
+    expect = contrast.logits_from_stats(stats, pb.separate, idx, 0.3, out_dtype)
+    assert logits.dtype == out_dtype and logits.shape == expect.shape
+    assert torch.equal(torch.isinf(logits), torch.isinf(expect))
+    fin = torch.isfinite(expect)
+    assert_close(logits[fin], expect[fin], rtol=1e-13 if out_dtype == F64 else 1e-6, what="logits")
+    assert torch.equal(packed, ops.pack_stats(stats))
+
+
+@pytest.mark.parametrize("degenerate", [False, True])
+@pytest.mark.parametrize("self_index", [False, True])
+@pytest.mark.parametrize("B,N", CASES)
+@pytest.mark.parametrize("grad_dtype", [torch.float32, F64])
+def test_coefficients(B, N, self_index, degenerate, grad_dtype):
+    if self_index and not N:
+        pytest.skip("self_index needs separate negatives")
+    pb, stats = _problem(B, N)
+    if degenerate:
+        stats = _degenerate(stats, pb.separate)
+    idx = torch.randint(-1, N, (B,)) if self_index else None
+    grad = torch.randn(B, 1 + (N if N else B - 1), dtype=grad_dtype)
+    got = native.contrast_coefficients(ops.pack_stats(stats), grad, idx, pb.separate, 0.7)
+    c_aa, c_aq, c_qa, c_qq, c_ap, c_pa, c_pp = contrast.coefficients(stats, pb.separate, grad, idx, 0.7)
+    names = ("c_aa", "c_aq", "c_qa", "c_qq", "c_ap", "c_pp")
+    for name, a, e in zip(names, got, (c_aa, c_aq, c_qa, c_qq, c_ap, c_pp), strict=True):
+        assert a.dtype == F64 and a.shape == e.shape, name
+        assert_close(a, e, rtol=1e-12, atol=1e-12 * float(e.abs().max()) if e.numel() else 0.0, what=name)
+    assert torch.equal(c_pa, c_ap)
+
+
+def test_coefficients_noncontiguous_grad():
+    pb, stats = _problem(4, 0)
+    grad = torch.randn(4, 4, dtype=F64).T  # transposed
+    got = native.contrast_coefficients(ops.pack_stats(stats), grad, None, False, 0.5)
+    expect = contrast.coefficients(stats, False, grad, None, 0.5)
+    assert_close(got[0], expect[0], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("cam_dtype", [torch.bfloat16, torch.float32, F64])
+def test_unnormalise(cam_dtype):
+    cam = torch.rand(3, 4, 6).to(cam_dtype)
+    weight = torch.rand(4, 6, dtype=F64)
+    total = (cam.to(F64) * weight).sum((1, 2)) + 1e-8
+    g = torch.randn(3, 4, 6, dtype=F64)
+    got = native.contrast_unnormalise(g, cam, total, weight)
+    expect = contrast.unnormalise_grad(g, cam, total, weight).to(cam_dtype)
+    assert got.dtype == cam_dtype
+    assert_close(got, expect, rtol=1e-13 if cam_dtype == F64 else 1e-6, atol=1e-13, what="d_cam")
+
+
+@pytest.mark.parametrize("method", ["sgc", "cgc", "sgc-neg"])
+def test_native_and_torch_glue_agree(method, monkeypatch):
+    """The whole contrast_logits on the cpu backend, forward and backward, with either glue."""
+    B, h, w, H, W = 4, 5, 3, 21, 13
+    co, ca = torch.rand(B, h, w, dtype=F64), torch.rand(B, h, w, dtype=F64)
+    kw = dict(size=(H, W), temperature=0.4, backend="cpu")
+    if method.startswith("sgc"):
+        kw["mask"] = random_mask(B, H, W)
+    if method == "cgc":
+        kw["crop"] = torch.tensor([[0, 0, H, W], [2, 1, 9, 7], [5, 3, 16, 10], [1, 4, 3, 2]])
+        kw["flip"] = torch.tensor([False, True, False, True])
+    if method == "sgc-neg":
+        kw["neg_cam"] = torch.rand(6, h, w, dtype=F64)
+        kw["neg_mask"] = random_mask(6, H, W)
+        kw["self_index"] = torch.tensor([0, -1, 5, 2])
+    weights = torch.randn(B, B if method != "sgc-neg" else 7, dtype=F64)
+
+    def run():
+        leaves = [co.clone().requires_grad_(), ca.clone().requires_grad_()]
+        extra = dict(kw)
+        if "neg_cam" in kw:
+            leaves.append(kw["neg_cam"].clone().requires_grad_())
+            extra["neg_cam"] = leaves[-1]
+        logits = sgc_fast.contrast_logits(leaves[0], leaves[1], **extra)
+        fin = torch.isfinite(logits)
+        (logits[fin] * weights[fin]).sum().backward()
+        return [logits] + [x.grad for x in leaves]
+
+    monkeypatch.setenv("SGC_FAST_GLUE", "native")
+    got = run()
+    monkeypatch.setenv("SGC_FAST_GLUE", "torch")
+    assert not contrast.native_glue(torch.device("cpu"))
+    expect = run()
+    for name, a, e in zip(("logits", "d_orig", "d_aug", "d_neg"), got, expect, strict=False):
+        fin = torch.isfinite(e)
+        assert torch.equal(fin, torch.isfinite(a)), name
+        assert_close(a[fin], e[fin], rtol=1e-11, atol=1e-11 * float(e[fin].abs().max().detach()), what=name)
+
+
+def test_errors_name_the_argument():
+    cam = torch.rand(2, 3, 3)
+    with pytest.raises(RuntimeError, match="weight: expected float64"):
+        native.contrast_normalise(cam, torch.rand(3, 3), 1e-8, torch.float32)
+    with pytest.raises(RuntimeError, match="dtype: expected float32 or float64"):
+        native.contrast_normalise(cam, torch.rand(3, 3, dtype=F64), 1e-8, torch.float16)
+    _, stats = _problem(3, 0)
+    with pytest.raises(RuntimeError, match="grad_logits: expected"):
+        native.contrast_coefficients(ops.pack_stats(stats), torch.randn(3, 5), None, False, 0.5)
+    with pytest.raises(RuntimeError, match="stats: expected float64"):
+        native.contrast_coefficients(ops.pack_stats(stats)[1:], torch.randn(3, 3), None, False, 0.5)
+    with pytest.raises(RuntimeError, match="self_index: given without separate negatives"):
+        native.contrast_epilogue(*stats, torch.zeros(3, dtype=torch.long), False, 0.5, torch.float32)
+    with pytest.raises(RuntimeError, match="grad_ct: expected float64"):
+        native.contrast_unnormalise(torch.rand(2, 3, 3), cam, torch.ones(2, dtype=F64), torch.ones(3, 3, dtype=F64))
+
+
+def test_opcheck():
+    """Schemas, fake kernels and dispatch of the four ops (torch.library.opcheck)."""
+    pb, stats = _problem(3, 4)
+    cam = torch.rand(3, 5, 3)
+    torch.library.opcheck(native.contrast_normalise, (cam, pb.weight, 1e-8, torch.float32))
+    torch.library.opcheck(native.contrast_epilogue, (*stats, torch.tensor([0, -1, 3]), True, 0.5, torch.float32))
+    grad = torch.randn(3, 5)
+    torch.library.opcheck(native.contrast_coefficients, (ops.pack_stats(stats), grad, None, True, 0.5))
+    g = torch.randn(3, 5, 3, dtype=F64)
+    torch.library.opcheck(native.contrast_unnormalise, (g, cam, pb.sum_aug, pb.weight))
+
+
+def test_switch(monkeypatch):
+    monkeypatch.setenv("SGC_FAST_GLUE", "torch")
+    assert not contrast.native_glue(torch.device("cpu"))
+    monkeypatch.setenv("SGC_FAST_GLUE", "native")
+    assert contrast.native_glue(torch.device("cpu"))
+    assert not contrast.native_glue(torch.device("meta"))
