@@ -96,6 +96,14 @@ def contrast_cases(dev: torch.device) -> None:
     torch.autograd.grad(logits.logsumexp(1).sum(), (co, ca))
     torch.cuda.synchronize()
     print("contrast_logits sgc: ok")
+    neg = torch.rand(37, h, w, device=dev, requires_grad=True)  # 37 columns: partial warps in the glue kernels
+    neg_mask = torch.rand(37, H, W, device=dev) < 0.6
+    self_index = torch.tensor([0, -1, 36, 5], device=dev)
+    logits = sgc_fast.contrast_logits(co, ca, mask=mask, size=(H, W), neg_cam=neg, neg_mask=neg_mask,
+                                      self_index=self_index, backend="cuda")
+    torch.autograd.grad(logits.logsumexp(1).sum(), (co, ca, neg))
+    torch.cuda.synchronize()
+    print("contrast_logits sgc, separate negatives: ok")
 
 
 def main() -> int:

@@ -11,17 +11,30 @@ from problem import assert_close, random_mask
 import sgc_fast
 from sgc_fast import contrast, ops
 
-pytestmark = pytest.mark.skipif(not contrast.native_glue(torch.device("cpu")),
-                                reason="extension without the native glue (or SGC_FAST_GLUE=torch)")
+
+def _built(device_type: str) -> bool:
+    return contrast._native_glue_built(device_type)
+
+
+needs_cpu_glue = pytest.mark.skipif(not _built("cpu"), reason="extension not built")
+
+DEVICES = [
+    pytest.param("cpu", marks=pytest.mark.skipif(not _built("cpu"), reason="extension not built")),
+    pytest.param("cuda", marks=[
+        pytest.mark.gpu,
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+        pytest.mark.skipif(not _built("cuda"), reason="sgc_fast._C built without CUDA kernels (FORCE_CUDA=1)"),
+    ]),
+]
 
 F64 = torch.float64
 native = torch.ops.sgc_fast
 
 
-def _problem(B, N, h=5, w=3, H=19, W=11, dtype=F64):
+def _problem(B, N, h=5, w=3, H=19, W=11, dtype=F64, device="cpu"):
     """A real (unmasked) problem and its stats; N = 0: no separate negatives."""
-    co, ca = torch.rand(B, h, w, dtype=dtype), torch.rand(B, h, w, dtype=dtype)
-    neg = torch.rand(N, h, w, dtype=dtype) if N else None
+    co, ca = torch.rand(B, h, w, dtype=dtype, device=device), torch.rand(B, h, w, dtype=dtype, device=device)
+    neg = torch.rand(N, h, w, dtype=dtype, device=device) if N else None
     pb = contrast.prepare(co, ca, neg, None, None, (H, W), 1e-8)
     return pb, list(contrast.lowres_stats(pb))
 
@@ -38,14 +51,15 @@ def _degenerate(stats, separate):
     return [gram, pos, na, np_, nq]
 
 
-CASES = [(2, 0), (5, 0), (4, 3), (3, 7)]  # (B, N)
+CASES = [(2, 0), (5, 0), (4, 3), (3, 7), (37, 0), (33, 70)]  # (B, N); > 32: several lanes per warp on a GPU
 
 
 @pytest.mark.parametrize("cam_dtype", [torch.float16, torch.bfloat16, torch.float32, F64])
 @pytest.mark.parametrize("ct_dtype", [torch.float32, F64])
-def test_normalise(cam_dtype, ct_dtype):
-    cam = torch.rand(4, 7, 5).to(cam_dtype)
-    weight = torch.rand(7, 5, dtype=F64)
+@pytest.mark.parametrize("device", DEVICES)
+def test_normalise(cam_dtype, ct_dtype, device):
+    cam = torch.rand(4, 7, 5, device=device).to(cam_dtype)
+    weight = torch.rand(7, 5, dtype=F64, device=device)
     ct, total = native.contrast_normalise(cam, weight, 1e-8, ct_dtype)
     expect_total = (cam.to(F64) * weight).sum((1, 2)) + 1e-8
     assert ct.dtype == ct_dtype and total.dtype == F64
@@ -54,9 +68,10 @@ def test_normalise(cam_dtype, ct_dtype):
                  what="ct")
 
 
-def test_normalise_strided():
-    cam = torch.rand(5, 3, 4, dtype=F64).transpose(1, 2)  # [5, 4, 3], not contiguous
-    weight = torch.rand(4, 3, dtype=F64)
+@pytest.mark.parametrize("device", DEVICES)
+def test_normalise_strided(device):
+    cam = torch.rand(5, 3, 400, dtype=F64, device=device).transpose(1, 2)  # [5, 400, 3], not contiguous
+    weight = torch.rand(400, 3, dtype=F64, device=device)
     ct, total = native.contrast_normalise(cam, weight, 0.5, F64)
     assert_close(total, (cam * weight).sum((1, 2)) + 0.5, rtol=1e-14)
     assert_close(ct, cam / total[:, None, None], rtol=1e-14)
@@ -66,13 +81,14 @@ def test_normalise_strided():
 @pytest.mark.parametrize("self_index", [False, True])
 @pytest.mark.parametrize("B,N", CASES)
 @pytest.mark.parametrize("out_dtype", [torch.float32, F64])
-def test_epilogue(B, N, self_index, degenerate, out_dtype):
+@pytest.mark.parametrize("device", DEVICES)
+def test_epilogue(B, N, self_index, degenerate, out_dtype, device):
     if self_index and not N:
         pytest.skip("self_index needs separate negatives")
-    pb, stats = _problem(B, N)
+    pb, stats = _problem(B, N, device=device)
     if degenerate:
         stats = _degenerate(stats, pb.separate)
-    idx = torch.randint(-1, N, (B,)) if self_index else None
+    idx = torch.randint(-1, N, (B,), device=device) if self_index else None
     logits, packed = native.contrast_epilogue(*stats, idx, pb.separate, 0.3, out_dtype)
     expect = contrast.logits_from_stats(stats, pb.separate, idx, 0.3, out_dtype)
     assert logits.dtype == out_dtype and logits.shape == expect.shape
@@ -86,14 +102,15 @@ def test_epilogue(B, N, self_index, degenerate, out_dtype):
 @pytest.mark.parametrize("self_index", [False, True])
 @pytest.mark.parametrize("B,N", CASES)
 @pytest.mark.parametrize("grad_dtype", [torch.float32, F64])
-def test_coefficients(B, N, self_index, degenerate, grad_dtype):
+@pytest.mark.parametrize("device", DEVICES)
+def test_coefficients(B, N, self_index, degenerate, grad_dtype, device):
     if self_index and not N:
         pytest.skip("self_index needs separate negatives")
-    pb, stats = _problem(B, N)
+    pb, stats = _problem(B, N, device=device)
     if degenerate:
         stats = _degenerate(stats, pb.separate)
-    idx = torch.randint(-1, N, (B,)) if self_index else None
-    grad = torch.randn(B, 1 + (N if N else B - 1), dtype=grad_dtype)
+    idx = torch.randint(-1, N, (B,), device=device) if self_index else None
+    grad = torch.randn(B, 1 + (N if N else B - 1), dtype=grad_dtype, device=device)
     got = native.contrast_coefficients(ops.pack_stats(stats), grad, idx, pb.separate, 0.7)
     c_aa, c_aq, c_qa, c_qq, c_ap, c_pa, c_pp = contrast.coefficients(stats, pb.separate, grad, idx, 0.7)
     names = ("c_aa", "c_aq", "c_qa", "c_qq", "c_ap", "c_pp")
@@ -103,20 +120,22 @@ def test_coefficients(B, N, self_index, degenerate, grad_dtype):
     assert torch.equal(c_pa, c_ap)
 
 
-def test_coefficients_noncontiguous_grad():
-    pb, stats = _problem(4, 0)
-    grad = torch.randn(4, 4, dtype=F64).T  # transposed
+@pytest.mark.parametrize("device", DEVICES)
+def test_coefficients_noncontiguous_grad(device):
+    pb, stats = _problem(4, 0, device=device)
+    grad = torch.randn(4, 4, dtype=F64, device=device).T  # transposed
     got = native.contrast_coefficients(ops.pack_stats(stats), grad, None, False, 0.5)
     expect = contrast.coefficients(stats, False, grad, None, 0.5)
     assert_close(got[0], expect[0], rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("cam_dtype", [torch.bfloat16, torch.float32, F64])
-def test_unnormalise(cam_dtype):
-    cam = torch.rand(3, 4, 6).to(cam_dtype)
-    weight = torch.rand(4, 6, dtype=F64)
+@pytest.mark.parametrize("device", DEVICES)
+def test_unnormalise(cam_dtype, device):
+    cam = torch.rand(3, 14, 14, device=device).to(cam_dtype)
+    weight = torch.rand(14, 14, dtype=F64, device=device)
     total = (cam.to(F64) * weight).sum((1, 2)) + 1e-8
-    g = torch.randn(3, 4, 6, dtype=F64)
+    g = torch.randn(3, 14, 14, dtype=F64, device=device)
     got = native.contrast_unnormalise(g, cam, total, weight)
     expect = contrast.unnormalise_grad(g, cam, total, weight).to(cam_dtype)
     assert got.dtype == cam_dtype
@@ -124,21 +143,23 @@ def test_unnormalise(cam_dtype):
 
 
 @pytest.mark.parametrize("method", ["sgc", "cgc", "sgc-neg"])
-def test_native_and_torch_glue_agree(method, monkeypatch):
-    """The whole contrast_logits on the cpu backend, forward and backward, with either glue."""
+@pytest.mark.parametrize("device", DEVICES)
+def test_native_and_torch_glue_agree(method, device, monkeypatch):
+    """The whole contrast_logits on the device's C++ backend, forward and backward, with either glue."""
     B, h, w, H, W = 4, 5, 3, 21, 13
-    co, ca = torch.rand(B, h, w, dtype=F64), torch.rand(B, h, w, dtype=F64)
-    kw = dict(size=(H, W), temperature=0.4, backend="cpu")
+    dev = torch.device(device)
+    co, ca = torch.rand(B, h, w, dtype=F64, device=dev), torch.rand(B, h, w, dtype=F64, device=dev)
+    kw = dict(size=(H, W), temperature=0.4, backend=device)
     if method.startswith("sgc"):
-        kw["mask"] = random_mask(B, H, W)
+        kw["mask"] = random_mask(B, H, W).to(dev)
     if method == "cgc":
-        kw["crop"] = torch.tensor([[0, 0, H, W], [2, 1, 9, 7], [5, 3, 16, 10], [1, 4, 3, 2]])
-        kw["flip"] = torch.tensor([False, True, False, True])
+        kw["crop"] = torch.tensor([[0, 0, H, W], [2, 1, 9, 7], [5, 3, 16, 10], [1, 4, 3, 2]], device=dev)
+        kw["flip"] = torch.tensor([False, True, False, True], device=dev)
     if method == "sgc-neg":
-        kw["neg_cam"] = torch.rand(6, h, w, dtype=F64)
-        kw["neg_mask"] = random_mask(6, H, W)
-        kw["self_index"] = torch.tensor([0, -1, 5, 2])
-    weights = torch.randn(B, B if method != "sgc-neg" else 7, dtype=F64)
+        kw["neg_cam"] = torch.rand(6, h, w, dtype=F64, device=dev)
+        kw["neg_mask"] = random_mask(6, H, W).to(dev)
+        kw["self_index"] = torch.tensor([0, -1, 5, 2], device=dev)
+    weights = torch.randn(B, B if method != "sgc-neg" else 7, dtype=F64, device=dev)
 
     def run():
         leaves = [co.clone().requires_grad_(), ca.clone().requires_grad_()]
@@ -154,7 +175,7 @@ def test_native_and_torch_glue_agree(method, monkeypatch):
     monkeypatch.setenv("SGC_FAST_GLUE", "native")
     got = run()
     monkeypatch.setenv("SGC_FAST_GLUE", "torch")
-    assert not contrast.native_glue(torch.device("cpu"))
+    assert not contrast.native_glue(dev)
     expect = run()
     for name, a, e in zip(("logits", "d_orig", "d_aug", "d_neg"), got, expect, strict=False):
         fin = torch.isfinite(e)
@@ -162,6 +183,7 @@ def test_native_and_torch_glue_agree(method, monkeypatch):
         assert_close(a[fin], e[fin], rtol=1e-11, atol=1e-11 * float(e[fin].abs().max().detach()), what=name)
 
 
+@needs_cpu_glue
 def test_errors_name_the_argument():
     cam = torch.rand(2, 3, 3)
     with pytest.raises(RuntimeError, match="weight: expected float64"):
@@ -179,6 +201,7 @@ def test_errors_name_the_argument():
         native.contrast_unnormalise(torch.rand(2, 3, 3), cam, torch.ones(2, dtype=F64), torch.ones(3, 3, dtype=F64))
 
 
+@needs_cpu_glue
 def test_opcheck():
     """Schemas, fake kernels and dispatch of the four ops (torch.library.opcheck)."""
     pb, stats = _problem(3, 4)
@@ -191,6 +214,7 @@ def test_opcheck():
     torch.library.opcheck(native.contrast_unnormalise, (g, cam, pb.sum_aug, pb.weight))
 
 
+@needs_cpu_glue
 def test_switch(monkeypatch):
     monkeypatch.setenv("SGC_FAST_GLUE", "torch")
     assert not contrast.native_glue(torch.device("cpu"))
