@@ -23,11 +23,13 @@ normalisations, is a *linear combination of the same vectors* (:func:`coefficien
 gradient w.r.t. ``ct`` (again low-resolution or swept), and :func:`unnormalise_grad` finishes the
 chain to the raw CAMs. The backward itself is not differentiable again.
 
-The functions here are the plain-PyTorch form of this glue (the semantics, and what runs without the
-extension). Where the extension has kernels for the device, :mod:`sgc_fast.ops` runs the same glue as four
-native ops instead (``sgc_fast::contrast_normalise``, ``contrast_epilogue``, ``contrast_coefficients``,
-``contrast_unnormalise``; csrc/contrast_glue.h): one launch each in place of ~60 small ATen ops per
-forward + backward. ``SGC_FAST_GLUE=torch`` forces the PyTorch form (:func:`native_glue`).
+The functions here are the plain-PyTorch form of this glue (the semantics, and what runs when nothing
+faster is there). The fused backends run it through one of three interchangeable implementations of four
+small ops (:func:`glue`): ``native`` (the extension's ``sgc_fast::contrast_normalise``, ``contrast_epilogue``,
+``contrast_coefficients``, ``contrast_unnormalise``; csrc/contrast_glue.h), ``triton``
+(:mod:`sgc_fast.triton.contrast_glue_kernel`) or ``torch`` (:class:`TorchGlue`, this module) -- one launch each
+in place of ~100 small ATen ops per forward + backward. ``SGC_FAST_GLUE`` = ``native``, ``triton`` or
+``torch`` overrides the automatic choice (:func:`glue_kind`).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from .interp import cacheable, upsample_matrix, warp_matrices
 from .reference import NORM_EPS
 
 __all__ = [
-    "Problem", "native_glue", "prepare", "logits_from_stats", "coefficients", "lowres_stats", "lowres_grads", "unnormalise_grad",
+    "Problem", "GLUES", "glue_kind", "glue", "TorchGlue", "NativeGlue", "pack_stats", "unpack_stats", "prepare", "logits_from_stats", "coefficients", "lowres_stats", "lowres_grads", "unnormalise_grad",
 ]
 
 
@@ -89,12 +91,34 @@ class Problem:
         return self.uy.to(dtype), self.ux.to(dtype), self.vy.to(dtype), self.vx.to(dtype)
 
 
-def native_glue(device: torch.device) -> bool:
-    """Whether the glue runs as the extension's native ops on ``device`` (else as the PyTorch functions of this
-    module): the extension has kernels for the device type and ``SGC_FAST_GLUE`` is not ``torch``."""
-    if os.environ.get("SGC_FAST_GLUE", "native") == "torch":
-        return False
-    return _native_glue_built(device.type)
+GLUES = ("native", "triton", "torch")
+
+
+def glue_kind(device: torch.device) -> str:
+    """Which glue runs for tensors on ``device``: ``SGC_FAST_GLUE`` when set (falling back to ``torch`` where the
+    requested one cannot run), else ``native`` where the extension has kernels for the device, else ``triton``
+    on CUDA (or under ``TRITON_INTERPRET=1``), else ``torch``."""
+    want = os.environ.get("SGC_FAST_GLUE", "") or "auto"
+    if want not in GLUES + ("auto",):
+        raise ValueError(f"SGC_FAST_GLUE: expected one of {GLUES} or unset, got {want!r}")
+    if want in ("auto", "native") and _native_glue_built(device.type):
+        return "native"
+    if want in ("auto", "triton") and _triton_glue_runs(device):
+        return "triton"
+    return "torch"
+
+
+def glue(device: torch.device):
+    """The glue implementation for ``device`` (see :func:`glue_kind`): an object with ``normalise``,
+    ``epilogue``, ``coefficients`` and ``unnormalise``."""
+    kind = glue_kind(device)
+    if kind == "native":
+        return NativeGlue
+    if kind == "triton":
+        from .triton import contrast_glue_kernel
+
+        return contrast_glue_kernel
+    return TorchGlue
 
 
 @functools.cache
@@ -109,9 +133,81 @@ def _native_glue_built(device_type: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key("sgc_fast::contrast_normalise", key)
 
 
-def prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps, ct_dtype: torch.dtype = torch.float64) -> Problem:
+def _triton_glue_runs(device: torch.device) -> bool:
+    try:
+        from . import triton as sgc_triton
+    except ImportError:
+        return False
+    return sgc_triton.unavailable_reason(device) is None
+
+
+def pack_stats(stats) -> torch.Tensor:
+    """The five stats as one float64 buffer ``[gram B*NQ | pos B | |a|^2 B | |p|^2 B | |q|^2 NQ]``."""
+    return torch.cat([s.reshape(-1) for s in stats])
+
+
+def unpack_stats(packed: torch.Tensor, B: int, NQ: int):
+    gram, pos, na, np_, nq = packed.split([B * NQ, B, B, B, NQ])
+    return gram.view(B, NQ), pos, na, np_, nq
+
+
+class TorchGlue:
+    """The glue as plain PyTorch ops (the functions of this module)."""
+
+    @staticmethod
+    def normalise(cam, weight, eps, dtype):
+        """``(cam / total)`` in ``dtype`` and ``total = w.cam + eps`` (float64), per sample."""
+        c = cam.to(torch.float64)
+        s = (c * weight).sum((1, 2)) + eps
+        return (c / s[:, None, None]).to(dtype), s
+
+    @staticmethod
+    def epilogue(stats, self_index, separate, temperature, dtype):
+        """``(logits, packed stats)``."""
+        return logits_from_stats(stats, separate, self_index, temperature, dtype), pack_stats(stats)
+
+    @staticmethod
+    def coefficients(packed, grad_logits, self_index, separate, temperature):
+        """``(c_aa, c_aq, c_qa, c_qq, c_ap, c_pp)`` (c_pa = c_ap)."""
+        B = grad_logits.shape[0]
+        NQ = grad_logits.shape[1] - 1 if separate else B
+        c_aa, c_aq, c_qa, c_qq, c_ap, _, c_pp = coefficients(unpack_stats(packed, B, NQ), separate, grad_logits,
+                                                              self_index, temperature)
+        return c_aa, c_aq, c_qa, c_qq, c_ap, c_pp
+
+    @staticmethod
+    def unnormalise(grad_ct, cam, total, weight):
+        """d/d(cam) from d/d(ct), in cam's dtype."""
+        return unnormalise_grad(grad_ct, cam, total, weight).to(cam.dtype)
+
+
+class NativeGlue:
+    """The glue as the extension's ops (csrc/contrast_glue.h), same signatures as :class:`TorchGlue`."""
+
+    @staticmethod
+    def normalise(cam, weight, eps, dtype):
+        return torch.ops.sgc_fast.contrast_normalise(cam, weight, eps, dtype)
+
+    @staticmethod
+    def epilogue(stats, self_index, separate, temperature, dtype):
+        return torch.ops.sgc_fast.contrast_epilogue(*stats, self_index, separate, temperature, dtype)
+
+    @staticmethod
+    def coefficients(packed, grad_logits, self_index, separate, temperature):
+        if grad_logits.dtype not in (torch.float32, torch.float64):
+            grad_logits = grad_logits.float()
+        return torch.ops.sgc_fast.contrast_coefficients(packed, grad_logits, self_index, separate, temperature)
+
+    @staticmethod
+    def unnormalise(grad_ct, cam, total, weight):
+        return torch.ops.sgc_fast.contrast_unnormalise(grad_ct, cam, total, weight)
+
+
+def prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps, ct_dtype: torch.dtype = torch.float64,
+            glue_impl=None) -> Problem:
     """Interpolation matrices (float64) and sum-normalised CAMs (in ``ct_dtype``: float64 for the closed
-    forms, the sweep kernel's dtype for the sweep; the normaliser is computed in float64 either way)."""
+    forms, the sweep kernel's dtype for the sweep; the normaliser is computed in float64 either way), the
+    normalisation done by ``glue_impl`` (default :class:`TorchGlue`)."""
     H, W = size[0], size[1]
     _, h, w = cam_aug.shape
     dev = cam_aug.device
@@ -125,16 +221,10 @@ def prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps, ct_dtype: torch.d
     else:
         vy, vx = uy[None], ux[None]
 
-    if native_glue(dev) and type(cam_aug) is torch.Tensor:
+    impl = glue_impl if glue_impl is not None and type(cam_aug) is torch.Tensor else TorchGlue
 
-        def normalise(c):
-            return torch.ops.sgc_fast.contrast_normalise(c, weight, eps, ct_dtype)
-    else:
-
-        def normalise(c):
-            c = c.to(f64)
-            s = (c * weight).sum((1, 2)) + eps
-            return (c / s[:, None, None]).to(ct_dtype), s
+    def normalise(c):
+        return impl.normalise(c, weight, eps, ct_dtype)
 
     ct_aug, s_aug = normalise(cam_aug)
     ct_orig, s_orig = normalise(cam_orig)

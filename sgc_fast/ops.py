@@ -234,13 +234,8 @@ def kernel_dtype(*cams: torch.Tensor | None) -> torch.dtype:
     return torch.float64 if any(c is not None and c.dtype == torch.float64 for c in cams) else torch.float32
 
 
-def pack_stats(stats) -> torch.Tensor:
-    return torch.cat([s.reshape(-1) for s in stats])
-
-
-def unpack_stats(packed: torch.Tensor, B: int, NQ: int):
-    gram, pos, na, np_, nq = packed.split([B * NQ, B, B, B, NQ])
-    return gram.view(B, NQ), pos, na, np_, nq
+pack_stats = contrast.pack_stats
+unpack_stats = contrast.unpack_stats
 
 
 # Problem of each forward, keyed by id() of its stats tensor; an entry goes when that tensor dies or the
@@ -255,22 +250,18 @@ def _keep_problem(packed: torch.Tensor, pb) -> None:
 
 def contrast_forward(sweep, cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, size, temperature, eps):
     """Shared forward of the fused backends: ``sweep(problem, mask_u8, neg_mask_u8, dtype) -> stats``
-    runs the masked case; the unmasked case uses the low-resolution closed form. The glue around it runs
-    as native ops where the extension has them for the device (:func:`contrast.native_glue`)."""
+    runs the masked case; the unmasked case uses the low-resolution closed form. The float64 glue around it
+    runs as :func:`contrast.glue` picks for the device (native ops, Triton kernels or PyTorch)."""
     dtype = kernel_dtype(cam_orig, cam_aug, neg_cam)
-    native = contrast.native_glue(cam_aug.device)
+    glue = contrast.glue(cam_aug.device)
     # The sweep reads the normalised CAMs in its own dtype; the closed forms need them in float64.
     ct_dtype = torch.float64 if mask is None else dtype
-    pb = contrast.prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps, ct_dtype)
+    pb = contrast.prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps, ct_dtype, glue)
     if mask is None:
         stats = contrast.lowres_stats(pb)
     else:
         stats = sweep(pb, _as_mask_bytes(mask), _as_mask_bytes(neg_mask), dtype)
-    if native:
-        logits, packed = torch.ops.sgc_fast.contrast_epilogue(*stats, self_index, pb.separate, temperature, dtype)
-    else:
-        logits = contrast.logits_from_stats(stats, pb.separate, self_index, temperature, dtype)
-        packed = pack_stats(stats)
+    logits, packed = glue.epilogue(stats, self_index, pb.separate, temperature, dtype)
     _keep_problem(packed, pb)  # the backward reuses the interpolation matrices instead of rebuilding them
     return logits, packed
 
@@ -289,33 +280,19 @@ def contrast_backward(sweep_backward, grad_logits, packed, cam_orig, cam_aug, ma
                       self_index, size, temperature, eps, pb=None):
     """Shared backward of the fused backends: gradients w.r.t. (cam_orig, cam_aug, neg_cam)."""
     dtype = kernel_dtype(cam_orig, cam_aug, neg_cam)
+    glue = contrast.glue(cam_aug.device)
     if pb is None:
         pb = contrast.prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps,
-                              torch.float64 if mask is None else dtype)
-    native = contrast.native_glue(cam_aug.device)
-    if native:
-        if grad_logits.dtype not in (torch.float32, torch.float64):
-            grad_logits = grad_logits.to(dtype)
-        c_aa, c_aq, c_qa, c_qq, c_ap, c_pp = torch.ops.sgc_fast.contrast_coefficients(
-            packed, grad_logits, self_index, pb.separate, temperature)
-        coefs = (c_aa, c_aq, c_qa, c_qq, c_ap, c_ap, c_pp)
-    else:
-        NQ = pb.ct_neg.shape[0] if pb.separate else pb.B
-        stats = unpack_stats(packed, pb.B, NQ)
-        coefs = contrast.coefficients(stats, pb.separate, grad_logits, self_index, temperature)
+                              torch.float64 if mask is None else dtype, glue)
+    c_aa, c_aq, c_qa, c_qq, c_ap, c_pp = glue.coefficients(packed, grad_logits, self_index, pb.separate, temperature)
+    coefs = (c_aa, c_aq, c_qa, c_qq, c_ap, c_ap, c_pp)
     if mask is None:
         g_aug, g_orig, g_neg = contrast.lowres_grads(pb, coefs)
     else:
         g_aug, g_orig, g_neg = sweep_backward(pb, _as_mask_bytes(mask), _as_mask_bytes(neg_mask), coefs, dtype)
-    if native:
-        def unnormalise(g, cam, total):
-            return torch.ops.sgc_fast.contrast_unnormalise(g, cam, total, pb.weight)
-    else:
-        def unnormalise(g, cam, total):
-            return contrast.unnormalise_grad(g, cam, total, pb.weight).to(cam.dtype)
-    d_orig = unnormalise(g_orig, cam_orig, pb.sum_orig)
-    d_aug = unnormalise(g_aug, cam_aug, pb.sum_aug)
-    d_neg = None if neg_cam is None else unnormalise(g_neg, neg_cam, pb.sum_neg)
+    d_orig = glue.unnormalise(g_orig, cam_orig, pb.sum_orig, pb.weight)
+    d_aug = glue.unnormalise(g_aug, cam_aug, pb.sum_aug, pb.weight)
+    d_neg = None if neg_cam is None else glue.unnormalise(g_neg, neg_cam, pb.sum_neg, pb.weight)
     return d_orig, d_aug, d_neg
 
 
@@ -408,7 +385,7 @@ if _EXT_ERROR is None:
                 cam_aug.new_empty(neg_cam.shape, dtype=d))
 
 
-if _EXT_ERROR is None:  # the native glue (contrast.native_glue); fakes so that the ops also trace
+if _EXT_ERROR is None:  # the native glue (contrast.NativeGlue); fakes so that the ops also trace
 
     @torch.library.register_fake("sgc_fast::contrast_normalise")
     def _contrast_normalise_fake(cam, weight, eps, dtype):

@@ -18,14 +18,40 @@ def _built(device_type: str) -> bool:
 
 needs_cpu_glue = pytest.mark.skipif(not _built("cpu"), reason="extension not built")
 
-DEVICES = [
-    pytest.param("cpu", marks=pytest.mark.skipif(not _built("cpu"), reason="extension not built")),
-    pytest.param("cuda", marks=[
-        pytest.mark.gpu,
-        pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+_GPU = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def _triton_ok() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+#: (glue, device) pairs of the op-level tests; the Triton glue on CPU tensors runs in the interpreter cases.
+IMPLS = [
+    pytest.param(("native", "cpu"), id="native-cpu", marks=pytest.mark.skipif(not _built("cpu"), reason="no build")),
+    pytest.param(("native", "cuda"), id="native-cuda", marks=_GPU + [
         pytest.mark.skipif(not _built("cuda"), reason="sgc_fast._C built without CUDA kernels (FORCE_CUDA=1)"),
     ]),
+    pytest.param(("triton", "cuda"), id="triton-cuda", marks=_GPU + [
+        pytest.mark.skipif(not _triton_ok(), reason="triton not importable"),
+    ]),
 ]
+
+
+def _impl(pair):
+    kind, device = pair
+    if kind == "native":
+        return contrast.NativeGlue, device
+    from sgc_fast.triton import contrast_glue_kernel
+
+    return contrast_glue_kernel, device
+
 
 F64 = torch.float64
 native = torch.ops.sgc_fast
@@ -56,11 +82,12 @@ CASES = [(2, 0), (5, 0), (4, 3), (3, 7), (37, 0), (33, 70)]  # (B, N); > 32: sev
 
 @pytest.mark.parametrize("cam_dtype", [torch.float16, torch.bfloat16, torch.float32, F64])
 @pytest.mark.parametrize("ct_dtype", [torch.float32, F64])
-@pytest.mark.parametrize("device", DEVICES)
-def test_normalise(cam_dtype, ct_dtype, device):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_normalise(cam_dtype, ct_dtype, impl):
+    glue, device = _impl(impl)
     cam = torch.rand(4, 7, 5, device=device).to(cam_dtype)
     weight = torch.rand(7, 5, dtype=F64, device=device)
-    ct, total = native.contrast_normalise(cam, weight, 1e-8, ct_dtype)
+    ct, total = glue.normalise(cam, weight, 1e-8, ct_dtype)
     expect_total = (cam.to(F64) * weight).sum((1, 2)) + 1e-8
     assert ct.dtype == ct_dtype and total.dtype == F64
     assert_close(total, expect_total, rtol=1e-14, what="total")
@@ -68,11 +95,12 @@ def test_normalise(cam_dtype, ct_dtype, device):
                  what="ct")
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_normalise_strided(device):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_normalise_strided(impl):
+    glue, device = _impl(impl)
     cam = torch.rand(5, 3, 400, dtype=F64, device=device).transpose(1, 2)  # [5, 400, 3], not contiguous
     weight = torch.rand(400, 3, dtype=F64, device=device)
-    ct, total = native.contrast_normalise(cam, weight, 0.5, F64)
+    ct, total = glue.normalise(cam, weight, 0.5, F64)
     assert_close(total, (cam * weight).sum((1, 2)) + 0.5, rtol=1e-14)
     assert_close(ct, cam / total[:, None, None], rtol=1e-14)
 
@@ -81,15 +109,16 @@ def test_normalise_strided(device):
 @pytest.mark.parametrize("self_index", [False, True])
 @pytest.mark.parametrize("B,N", CASES)
 @pytest.mark.parametrize("out_dtype", [torch.float32, F64])
-@pytest.mark.parametrize("device", DEVICES)
-def test_epilogue(B, N, self_index, degenerate, out_dtype, device):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_epilogue(B, N, self_index, degenerate, out_dtype, impl):
     if self_index and not N:
         pytest.skip("self_index needs separate negatives")
+    glue, device = _impl(impl)
     pb, stats = _problem(B, N, device=device)
     if degenerate:
         stats = _degenerate(stats, pb.separate)
     idx = torch.randint(-1, N, (B,), device=device) if self_index else None
-    logits, packed = native.contrast_epilogue(*stats, idx, pb.separate, 0.3, out_dtype)
+    logits, packed = glue.epilogue(stats, idx, pb.separate, 0.3, out_dtype)
     expect = contrast.logits_from_stats(stats, pb.separate, idx, 0.3, out_dtype)
     assert logits.dtype == out_dtype and logits.shape == expect.shape
     assert torch.equal(torch.isinf(logits), torch.isinf(expect))
@@ -102,16 +131,17 @@ def test_epilogue(B, N, self_index, degenerate, out_dtype, device):
 @pytest.mark.parametrize("self_index", [False, True])
 @pytest.mark.parametrize("B,N", CASES)
 @pytest.mark.parametrize("grad_dtype", [torch.float32, F64])
-@pytest.mark.parametrize("device", DEVICES)
-def test_coefficients(B, N, self_index, degenerate, grad_dtype, device):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_coefficients(B, N, self_index, degenerate, grad_dtype, impl):
     if self_index and not N:
         pytest.skip("self_index needs separate negatives")
+    glue, device = _impl(impl)
     pb, stats = _problem(B, N, device=device)
     if degenerate:
         stats = _degenerate(stats, pb.separate)
     idx = torch.randint(-1, N, (B,), device=device) if self_index else None
     grad = torch.randn(B, 1 + (N if N else B - 1), dtype=grad_dtype, device=device)
-    got = native.contrast_coefficients(ops.pack_stats(stats), grad, idx, pb.separate, 0.7)
+    got = glue.coefficients(ops.pack_stats(stats), grad, idx, pb.separate, 0.7)
     c_aa, c_aq, c_qa, c_qq, c_ap, c_pa, c_pp = contrast.coefficients(stats, pb.separate, grad, idx, 0.7)
     names = ("c_aa", "c_aq", "c_qa", "c_qq", "c_ap", "c_pp")
     for name, a, e in zip(names, got, (c_aa, c_aq, c_qa, c_qq, c_ap, c_pp), strict=True):
@@ -120,36 +150,52 @@ def test_coefficients(B, N, self_index, degenerate, grad_dtype, device):
     assert torch.equal(c_pa, c_ap)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_coefficients_noncontiguous_grad(device):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_coefficients_noncontiguous_grad(impl):
+    glue, device = _impl(impl)
     pb, stats = _problem(4, 0, device=device)
     grad = torch.randn(4, 4, dtype=F64, device=device).T  # transposed
-    got = native.contrast_coefficients(ops.pack_stats(stats), grad, None, False, 0.5)
+    got = glue.coefficients(ops.pack_stats(stats), grad, None, False, 0.5)
     expect = contrast.coefficients(stats, False, grad, None, 0.5)
     assert_close(got[0], expect[0], rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("cam_dtype", [torch.bfloat16, torch.float32, F64])
-@pytest.mark.parametrize("device", DEVICES)
-def test_unnormalise(cam_dtype, device):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_unnormalise(cam_dtype, impl):
+    glue, device = _impl(impl)
     cam = torch.rand(3, 14, 14, device=device).to(cam_dtype)
     weight = torch.rand(14, 14, dtype=F64, device=device)
     total = (cam.to(F64) * weight).sum((1, 2)) + 1e-8
     g = torch.randn(3, 14, 14, dtype=F64, device=device)
-    got = native.contrast_unnormalise(g, cam, total, weight)
+    got = glue.unnormalise(g, cam, total, weight)
     expect = contrast.unnormalise_grad(g, cam, total, weight).to(cam_dtype)
     assert got.dtype == cam_dtype
     assert_close(got, expect, rtol=1e-13 if cam_dtype == F64 else 1e-6, atol=1e-13, what="d_cam")
 
 
+COMBOS = [  # (backend, glue)
+    pytest.param(("cpu", "native"), id="cpu-native", marks=pytest.mark.skipif(not _built("cpu"), reason="no build")),
+    pytest.param(("cuda", "native"), id="cuda-native", marks=_GPU + [
+        pytest.mark.skipif(not _built("cuda"), reason="sgc_fast._C built without CUDA kernels (FORCE_CUDA=1)"),
+    ]),
+    pytest.param(("triton", "triton"), id="triton-triton", marks=_GPU + [
+        pytest.mark.skipif(not _triton_ok(), reason="triton not importable"),
+    ]),
+]
+
+
 @pytest.mark.parametrize("method", ["sgc", "cgc", "sgc-neg"])
-@pytest.mark.parametrize("device", DEVICES)
-def test_native_and_torch_glue_agree(method, device, monkeypatch):
-    """The whole contrast_logits on the device's C++ backend, forward and backward, with either glue."""
+@pytest.mark.parametrize("combo", COMBOS)
+def test_glue_agrees_with_torch_glue(method, combo, monkeypatch):
+    """The whole contrast_logits on a fused backend, forward and backward, with a fast glue and with the
+    PyTorch glue."""
+    backend, kind = combo
+    device = "cpu" if backend == "cpu" else "cuda"
     B, h, w, H, W = 4, 5, 3, 21, 13
     dev = torch.device(device)
     co, ca = torch.rand(B, h, w, dtype=F64, device=dev), torch.rand(B, h, w, dtype=F64, device=dev)
-    kw = dict(size=(H, W), temperature=0.4, backend=device)
+    kw = dict(size=(H, W), temperature=0.4, backend=backend)
     if method.startswith("sgc"):
         kw["mask"] = random_mask(B, H, W).to(dev)
     if method == "cgc":
@@ -172,10 +218,11 @@ def test_native_and_torch_glue_agree(method, device, monkeypatch):
         (logits[fin] * weights[fin]).sum().backward()
         return [logits] + [x.grad for x in leaves]
 
-    monkeypatch.setenv("SGC_FAST_GLUE", "native")
+    monkeypatch.setenv("SGC_FAST_GLUE", kind)
+    assert contrast.glue_kind(dev) == kind
     got = run()
     monkeypatch.setenv("SGC_FAST_GLUE", "torch")
-    assert not contrast.native_glue(dev)
+    assert contrast.glue_kind(dev) == "torch"
     expect = run()
     for name, a, e in zip(("logits", "d_orig", "d_aug", "d_neg"), got, expect, strict=False):
         fin = torch.isfinite(e)
@@ -216,8 +263,14 @@ def test_opcheck():
 
 @needs_cpu_glue
 def test_switch(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("SGC_FAST_GLUE", raising=False)
+    assert contrast.glue_kind(cpu) == "native" and contrast.glue(cpu) is contrast.NativeGlue
     monkeypatch.setenv("SGC_FAST_GLUE", "torch")
-    assert not contrast.native_glue(torch.device("cpu"))
+    assert contrast.glue_kind(cpu) == "torch" and contrast.glue(cpu) is contrast.TorchGlue
     monkeypatch.setenv("SGC_FAST_GLUE", "native")
-    assert contrast.native_glue(torch.device("cpu"))
-    assert not contrast.native_glue(torch.device("meta"))
+    assert contrast.glue_kind(cpu) == "native"
+    assert contrast.glue_kind(torch.device("meta")) == "torch"  # no kernels there: the PyTorch glue
+    monkeypatch.setenv("SGC_FAST_GLUE", "fast")
+    with pytest.raises(ValueError, match="SGC_FAST_GLUE: expected one of"):
+        contrast.glue_kind(cpu)

@@ -280,3 +280,100 @@ def test_sweep_matches_cpp(separate):
     for name, a, e in zip(("grad_aug", "grad_orig", "grad_neg"), contrast_sweep_backward(*args, *coefs),
                           torch.ops.sgc_fast.contrast_sweep_backward(*args, *coefs), strict=True):
         assert_close(a, e, 1e-12, what=name)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The float64 glue in Triton (sgc_fast/triton/contrast_glue_kernel.py) against the PyTorch glue
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_glue_blocks(monkeypatch):
+    """16-element blocks, so that rows and columns longer than 16 take several loop iterations."""
+    from sgc_fast.triton import contrast_glue_kernel
+
+    monkeypatch.setattr(contrast_glue_kernel, "BLOCK", 16)
+    return contrast_glue_kernel
+
+
+def _glue_problem(B, N, degenerate):
+    from sgc_fast import contrast
+
+    co, ca = torch.rand(B, 5, 3, dtype=F64), torch.rand(B, 5, 3, dtype=F64)
+    neg = torch.rand(N, 5, 3, dtype=F64) if N else None
+    pb = contrast.prepare(co, ca, neg, None, None, (13, 9), 1e-8)
+    stats = [s.clone() for s in contrast.lowres_stats(pb)]
+    if degenerate:  # squared norms at and below the normalisation floor
+        stats[2][0] = 0.0
+        stats[3][-1] = -1e-30
+        if N:
+            stats[4][-1] = 0.0
+        else:
+            stats[4] = stats[2]
+    return pb, stats
+
+
+@pytest.mark.parametrize("B,N,self_index,degenerate", [
+    (3, 0, False, False), (20, 0, False, True), (4, 5, False, True), (3, 18, True, False), (19, 6, True, True),
+])
+def test_triton_glue_matches_torch_glue(small_glue_blocks, B, N, self_index, degenerate):
+    from sgc_fast import contrast
+
+    tg, ref = small_glue_blocks, contrast.TorchGlue
+    pb, stats = _glue_problem(B, N, degenerate)
+    idx = torch.randint(-1, N, (B,)) if self_index else None
+    for dtype in (F32, F64):
+        logits, packed = tg.epilogue(stats, idx, pb.separate, 0.3, dtype)
+        want, want_packed = ref.epilogue(stats, idx, pb.separate, 0.3, dtype)
+        assert logits.dtype == dtype and torch.equal(torch.isinf(logits), torch.isinf(want))
+        fin = torch.isfinite(want)
+        assert_close(logits[fin], want[fin], 1e-13 if dtype == F64 else 1e-6, what="logits")
+        assert torch.equal(packed, want_packed)
+    for gdtype in (F32, F64):
+        grad = torch.randn(B, 1 + (N if N else B - 1), dtype=gdtype)
+        got = tg.coefficients(packed, grad, idx, pb.separate, 0.7)
+        want = ref.coefficients(packed, grad, idx, pb.separate, 0.7)
+        for name, a, e in zip(("c_aa", "c_aq", "c_qa", "c_qq", "c_ap", "c_pp"), got, want, strict=True):
+            assert a.shape == e.shape and a.dtype == F64, name
+            assert_close(a, e, 1e-12, atol=1e-12 * float(e.abs().max()) if e.numel() else 0.0, what=name)
+
+
+@pytest.mark.parametrize("cam_dtype", [BF16, F32, F64], ids=str)
+def test_triton_glue_normalise_unnormalise(small_glue_blocks, cam_dtype):
+    from sgc_fast import contrast
+
+    tg, ref = small_glue_blocks, contrast.TorchGlue
+    cam = torch.rand(3, 7, 5, dtype=F64).to(cam_dtype)  # 35 cells: three 16-element blocks
+    weight = torch.rand(7, 5, dtype=F64)
+    for ct_dtype in (F32, F64):
+        ct, total = tg.normalise(cam, weight, 1e-8, ct_dtype)
+        want_ct, want_total = ref.normalise(cam, weight, 1e-8, ct_dtype)
+        assert ct.dtype == ct_dtype
+        assert_close(total, want_total, 1e-14, what="total")
+        assert_close(ct, want_ct, 1e-14 if ct_dtype == F64 else 1e-7, what="ct")
+    g = torch.randn(3, 7, 5, dtype=F64)
+    got = tg.unnormalise(g, cam, want_total, weight)
+    want = ref.unnormalise(g, cam, want_total, weight)
+    assert got.dtype == cam_dtype
+    # bfloat16: one unit in the last place (the interpreter rounds float32 -> bfloat16 towards zero)
+    assert_close(got, want, {F64: 1e-13, F32: 1e-6, BF16: 8e-3}[cam_dtype], atol=1e-13, what="d_cam")
+
+
+@pytest.mark.parametrize("method", ["sgc", "sgc-neg", "cgc"])
+def test_contrast_logits_with_triton_glue(monkeypatch, method):
+    """The whole op on the triton backend with SGC_FAST_GLUE=triton against the reference."""
+    from sgc_fast import contrast
+
+    monkeypatch.setenv("SGC_FAST_GLUE", "triton")
+    assert contrast.glue_kind(torch.device("cpu")) == "triton"
+    B, h, w, H, W = 3, 5, 3, 17, 13
+    kw = dict(size=(H, W))
+    if method != "cgc":
+        kw["mask"] = random_mask(B, H, W)
+    else:
+        kw["crop"], kw["flip"] = random_crop(B, H, W)
+    if method == "sgc-neg":
+        kw["neg_cam"] = _cams(4, h, w, F64)
+        kw["neg_mask"] = random_mask(4, H, W)
+        kw["self_index"] = torch.tensor([1, -1, 3])
+    _check_contrast(_cams(B, h, w, F64), _cams(B, h, w, F64), F64, **kw)
