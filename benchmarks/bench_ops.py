@@ -10,9 +10,9 @@ Backends compared in one run, on one device:
 - ``cpu`` / ``cuda`` / ``triton``: the fused backends;
 - ``floor`` (GPU only): bytes that must move / measured copy bandwidth + Gram FLOPs / measured IEEE
   fp32 matmul rate;
-- ``<fused backend>:torch-glue`` (on request, e.g. ``cuda:torch-glue``): that backend with the float64 glue
-  around its kernels as plain PyTorch ops (``SGC_FAST_GLUE=torch``) instead of the native glue ops -- the
-  ablation of the glue's launch overhead.
+- ``<fused backend>:<glue>-glue`` (on request, e.g. ``cuda:torch-glue``, ``triton:triton-glue``): that backend
+  with the float64 glue around its kernels forced to ``native``, ``triton`` or ``torch`` (``SGC_FAST_GLUE``;
+  sgc_fast.contrast.glue_kind) -- the ablation of the glue's launch overhead.
 
 Passes: ``fwd`` (loss forward, graph built), ``bwd`` (backward alone, after an untimed forward),
 ``full`` (both). Memory (GPU only): ``peak_mb`` = peak allocated during forward + backward beyond the
@@ -33,6 +33,7 @@ import csv
 import datetime as _dt
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -139,17 +140,24 @@ def leaves(inputs):
     return [v for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.requires_grad]
 
 
-GLUE_SUFFIX = ":torch-glue"
+GLUE_RE = re.compile(r"^(\w+):(native|triton|torch)-glue$")
+
+
+def split_backend(backend: str) -> tuple[str, str | None]:
+    """``"cuda:torch-glue"`` -> ``("cuda", "torch")``; ``"cuda"`` -> ``("cuda", None)`` (the automatic glue)."""
+    m = GLUE_RE.match(backend)
+    return (m.group(1), m.group(2)) if m else (backend, None)
 
 
 @contextlib.contextmanager
 def glue_env(backend: str):
-    """``SGC_FAST_GLUE=torch`` while a ``...:torch-glue`` backend is measured (forward and backward)."""
-    if not backend.endswith(GLUE_SUFFIX):
+    """``SGC_FAST_GLUE`` set as a ``...:<glue>-glue`` backend asks while it is measured (forward and backward)."""
+    _, glue = split_backend(backend)
+    if glue is None:
         yield
         return
     old = os.environ.get("SGC_FAST_GLUE")
-    os.environ["SGC_FAST_GLUE"] = "torch"
+    os.environ["SGC_FAST_GLUE"] = glue
     try:
         yield
     finally:
@@ -162,7 +170,7 @@ def glue_env(backend: str):
 def loss_fn(backend: str, case: Case, inputs):
     """A closure computing the loss from ``inputs`` with ``backend``."""
     size = (case.H, case.W)
-    backend = backend.removesuffix(GLUE_SUFFIX)
+    backend = split_backend(backend)[0]
 
     def grads_of(view):
         if case.grads == "dense":

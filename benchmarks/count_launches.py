@@ -9,8 +9,9 @@ is negligible and the time is the host's:
 - ``ops``: every ATen/extension op dispatched (views included);
 - ``host_ms``: median wall time of one full pass (synchronised), small shape.
 
-For each fused backend it measures the native glue (``contrast_normalise`` etc., csrc/contrast_glue.h) and
-``SGC_FAST_GLUE=torch`` (the plain-PyTorch glue of sgc_fast/contrast.py) in the same process.
+For each fused backend it measures every glue that can run on the device (``SGC_FAST_GLUE``: ``native``, the
+extension's ops of csrc/contrast_glue.h; ``triton``, sgc_fast/triton/contrast_glue_kernel.py; ``torch``, the
+plain-PyTorch glue of sgc_fast/contrast.py) in the same process.
 
     python benchmarks/count_launches.py                      # CPU backend (and triton if TRITON_INTERPRET=1)
     python benchmarks/count_launches.py --device cuda        # cuda and triton backends on a GPU
@@ -19,6 +20,7 @@ For each fused backend it measures the native glue (``contrast_normalise`` etc.,
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -32,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_ops  # noqa: E402
 
 import sgc_fast  # noqa: E402
+from sgc_fast import contrast  # noqa: E402
 
 # Ops that only allocate or make views: no kernel on a GPU.
 _NO_KERNEL = {
@@ -40,6 +43,8 @@ _NO_KERNEL = {
     "aten::squeeze", "aten::t", "aten::transpose", "aten::permute", "aten::split", "aten::split_with_sizes",
     "aten::unbind", "aten::narrow", "aten::detach", "aten::alias", "aten::lift_fresh", "aten::to", "aten::_to_copy",
     "aten::resize_", "aten::contiguous", "aten::result_type", "aten::flatten", "aten::numpy_T", "aten::view_as",
+    "aten::resolve_conj", "aten::resolve_neg", "aten::mT", "aten::expand_as", "aten::new_empty",
+    "aten::new_empty_strided",
 }
 
 
@@ -81,6 +86,14 @@ def _under_op(e) -> bool:
             return True
         p = p.cpu_parent
     return False
+
+
+def _glue_runs(kind: str, device: torch.device) -> bool:
+    os.environ["SGC_FAST_GLUE"] = kind
+    try:
+        return contrast.glue_kind(device) == kind
+    finally:
+        del os.environ["SGC_FAST_GLUE"]
 
 
 def count(fn, params, device) -> dict:
@@ -125,6 +138,7 @@ def main(argv=None) -> int:
         backends = args.backends.split(",")
     else:
         backends = [b for b in ("cpu", "cuda", "triton") if b in sgc_fast.available_backends(device)]
+    glues = [g for g in contrast.GLUES if g == "torch" or _glue_runs(g, device)]
     B, K, h, w, H, W = (int(v) for v in args.shape.split(","))
     print(f"device {bench_ops.device_name(device)}, torch {torch.__version__}, shape B={B} K={K} {h}x{w}->{H}x{W}")
     print()
@@ -134,8 +148,8 @@ def main(argv=None) -> int:
         for grads in ("dense", "head"):
             case = bench_ops.Case(method, grads, B, K, h, w, H, W, torch.float32, device)
             for backend in backends:
-                for glue in ("native", "torch"):
-                    name = backend + (bench_ops.GLUE_SUFFIX if glue == "torch" else "")
+                for glue in glues:
+                    name = f"{backend}:{glue}-glue"
                     with bench_ops.glue_env(name):
                         inputs = bench_ops.make_inputs(case)
                         fn = bench_ops.loss_fn(backend, case, inputs)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One call on a fresh GPU machine: build the extension with its CUDA kernels, run the GPU tests, then the
 # must-run benchmark set (B=256 loss, full pass, sgc and cgc, dense and head, every backend), then more
-# while the budget allows. Every result lands in $OUT (default ./gpu_results), at most 8 files:
-#   device.txt build.log gpu_tests.log ops.csv bench.log summary.md
+# while the budget allows (the glue ablation, kernel launch counts, fwd/bwd split, ResNet-18 shape). Every
+# result lands in $OUT (default ./gpu_results), at most 8 files:
+#   device.txt build.log gpu_tests.log ops.csv bench.log launches.md summary.md
 # Usage: BUDGET=520 bash benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +42,19 @@ timeout $(($(left) - 20)) $PY benchmarks/bench_ops.py --preset gpu-must --passes
   > "$OUT/bench.log" 2>&1
 echo "bench exit $?" | tee -a "$OUT/summary.md"
 
+if [ "$(left)" -gt 90 ]; then
+  stage "glue ablation: native / triton / torch glue around the same kernels (B=256 full pass)"
+  timeout $(($(left) - 45)) $PY benchmarks/bench_ops.py --shape 256,2048,7,7,224,224 --passes full \
+    --backends cuda,cuda:torch-glue,triton,triton:triton-glue,triton:torch-glue --csv "$OUT/ops.csv" \
+    >> "$OUT/bench.log" 2>&1
+  echo "glue ablation exit $?" | tee -a "$OUT/summary.md"
+fi
+if [ "$(left)" -gt 40 ]; then
+  stage "kernel launches and host time per pass (small shape)"
+  timeout $(($(left) - 10)) $PY benchmarks/count_launches.py --device cuda > "$OUT/launches.md" 2>&1
+  echo "count_launches exit $?" | tee -a "$OUT/summary.md"
+  grep "^|" "$OUT/launches.md" | tee -a "$OUT/summary.md"
+fi
 if [ "$(left)" -gt 120 ]; then
   stage "fwd/bwd split and ResNet-18 shape, fused backends and reference"
   timeout $(($(left) - 15)) $PY benchmarks/bench_ops.py --shape 256,2048,7,7,224,224 --passes fwd,bwd \
