@@ -29,7 +29,8 @@ if ! timeout $(($(left) - 60)) $PY setup.py build_ext --inplace > "$OUT/build.lo
   tail -40 "$OUT/build.log"; echo "BUILD FAILED" | tee -a "$OUT/summary.md"; exit 1
 fi
 grep -iE "warning|error" "$OUT/build.log" | head -20
-$PY -c "import sgc_fast; print(sgc_fast.explain_backends('cuda'))" 2>&1 | tee -a "$OUT/summary.md"
+$PY -c "import sgc_fast; print(sgc_fast.explain_backends('cuda')); print(sgc_fast.explain_glue('cuda'))" 2>&1 \
+  | tee -a "$OUT/summary.md"
 
 stage "GPU tests"
 timeout $(( $(left) * 2 / 5 )) $PY -m pytest -q -m gpu -p no:cacheprovider tests > "$OUT/gpu_tests.log" 2>&1

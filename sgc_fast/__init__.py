@@ -11,10 +11,12 @@ Public API::
     SGCLoss, CGCLoss, L2ConsistencyLoss
     target_grads(logits, feats, targets, create_graph=True), head_grads(weight, feats, targets)
     capture_feats(model, layer)
+    explain_backends(device), explain_glue(device), glue_kind(device)
 """
 
 from . import reference
 from .cam import Captured, capture_feats, head_grads, target_grads
+from .contrast import explain_glue, glue_kind
 from .loss import CGCLoss, L2ConsistencyLoss, SGCLoss
 from .ops import (
     BACKENDS,
@@ -39,6 +41,8 @@ __all__ = [
     "capture_feats",
     "contrast_logits",
     "explain_backends",
+    "explain_glue",
+    "glue_kind",
     "head_grads",
     "reference",
     "resolve_backend",

@@ -44,7 +44,7 @@ from .interp import cacheable, upsample_matrix, warp_matrices
 from .reference import NORM_EPS
 
 __all__ = [
-    "Problem", "GLUES", "glue_kind", "glue", "TorchGlue", "NativeGlue", "pack_stats", "unpack_stats", "prepare", "logits_from_stats", "coefficients", "lowres_stats", "lowres_grads", "unnormalise_grad",
+    "Problem", "GLUES", "glue_kind", "explain_glue", "glue", "TorchGlue", "NativeGlue", "pack_stats", "unpack_stats", "prepare", "logits_from_stats", "coefficients", "lowres_stats", "lowres_grads", "unnormalise_grad",
 ]
 
 
@@ -106,6 +106,24 @@ def glue_kind(device: torch.device) -> str:
     if want in ("auto", "triton") and _triton_glue_runs(device):
         return "triton"
     return "torch"
+
+
+def explain_glue(device: torch.device | str = "cpu") -> dict[str, str]:
+    """``{glue: "ok" | why not}`` for tensors on ``device``, plus ``"chosen"``: what :func:`glue_kind` picks."""
+    device = torch.device(device)
+    if _native_glue_built(device.type):
+        native = "ok"
+    elif device.type not in ("cpu", "cuda"):
+        native = f"no native kernels for {device.type} tensors"
+    else:
+        native = f"extension sgc_fast._C not built with {device.type.upper()} kernels"
+    try:
+        from . import triton as sgc_triton
+
+        triton_why = sgc_triton.unavailable_reason(device) or "ok"
+    except ImportError as exc:
+        triton_why = f"Triton kernels unavailable ({exc})"
+    return {"native": native, "triton": triton_why, "torch": "ok", "chosen": glue_kind(device)}
 
 
 def glue(device: torch.device):

@@ -271,6 +271,10 @@ def test_switch(monkeypatch):
     monkeypatch.setenv("SGC_FAST_GLUE", "native")
     assert contrast.glue_kind(cpu) == "native"
     assert contrast.glue_kind(torch.device("meta")) == "torch"  # no kernels there: the PyTorch glue
+    info = sgc_fast.explain_glue("cpu")
+    assert info["native"] == "ok" and info["torch"] == "ok" and info["chosen"] == "native"
+    assert "TRITON_INTERPRET" in info["triton"] or info["triton"] == "ok"
+    assert "no native kernels" in sgc_fast.explain_glue("meta")["native"]
     monkeypatch.setenv("SGC_FAST_GLUE", "fast")
     with pytest.raises(ValueError, match="SGC_FAST_GLUE: expected one of"):
         contrast.glue_kind(cpu)
