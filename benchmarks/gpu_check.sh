@@ -24,7 +24,7 @@ cat "$OUT/device.txt"
 
 stage "build (FORCE_CUDA=1, sm_90)"
 export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
-export CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")}
+export CUDA_HOME=${CUDA_HOME:-$($PY tools/find_cuda_home.py)}  # the toolkit of the nvcc on the PATH
 if ! timeout $(($(left) - 60)) $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
   tail -40 "$OUT/build.log"; echo "BUILD FAILED" | tee -a "$OUT/summary.md"; exit 1
 fi

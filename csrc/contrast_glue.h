@@ -1,8 +1,9 @@
 // The float64 "glue" of contrast_logits around the sweep, per element, shared by the CPU and CUDA kernels of
 // cpu/contrast_glue.cpp and cuda/contrast_glue.cu (host and device code). The formulas are those of
-// sgc_fast/contrast.py (the plain-PyTorch glue, kept as the reference and for the Triton backend without the
-// extension); what differs between the devices is only how reductions are split (sequential on the CPU, fixed
-// warp/block trees on the GPU).
+// sgc_fast/contrast.py (the plain-PyTorch glue, kept as the reference). What differs between the devices is how
+// reductions are split (sequential on the CPU, fixed warp/block trees on the GPU) and that nvcc contracts
+// a*b + c into fused multiply-adds: results agree to rounding, not bit for bit, and each device is
+// reproducible run to run.
 //
 // Packed stats (float64, one buffer kept from forward to backward):
 //   [ gram B*NQ | pos B | |a|^2 B | |p|^2 B | |q|^2 NQ ]
@@ -109,14 +110,16 @@ SGC_HD double kappa_a_term(const Stats& s, const G* g, int64_t ncols, int64_t i,
 
 // Per-row outputs once kappa_a_i (sum of kappa_a_term over j) is known: the diagonal of c_aa, c_ap (= c_pa)
 // and c_pp.
+// (Without separate negatives the diagonal is 0 - x, as in the PyTorch form, so that a zero is +0.0.)
 template <typename G>
 SGC_HD void row_coefs(const Stats& s, const G* g, int64_t ncols, int64_t i, double kappa_sum, double t,
-                      double* caa_ii, double* cap_i, double* cpp_i) {
+                      bool separate, double* caa_ii, double* cap_i, double* cpp_i) {
   const double sa = inv_norm(s.na[i]), sp = inv_norm(s.np[i]);
   const double q = static_cast<double>(g[i * ncols]) / t;
   const double cos_pos = s.pos[i] * sa * sp;
   const double kappa = kappa_sum + q * cos_pos;
-  *caa_ii = above_floor(s.na[i]) ? -(kappa * sa * sa) : -0.0;
+  const double x = above_floor(s.na[i]) ? kappa * sa * sa : 0.0;
+  *caa_ii = separate ? -x : 0.0 - x;
   *cap_i = q * sa * sp;
   *cpp_i = above_floor(s.np[i]) ? -(q * cos_pos * sp * sp) : -0.0;
 }

@@ -147,7 +147,24 @@ def test_coefficients(B, N, self_index, degenerate, grad_dtype, impl):
     for name, a, e in zip(names, got, (c_aa, c_aq, c_qa, c_qq, c_ap, c_pp), strict=True):
         assert a.dtype == F64 and a.shape == e.shape, name
         assert_close(a, e, rtol=1e-12, atol=1e-12 * float(e.abs().max()) if e.numel() else 0.0, what=name)
+        zero = e == 0
+        assert torch.equal(torch.signbit(a[zero]), torch.signbit(e[zero])), f"{name}: sign of zeros"
     assert torch.equal(c_pa, c_ap)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_empty_batch_with_negatives(impl):
+    """B = 0 rows against N = 3 separate negatives: the packed stats still hold |q|^2, c_qq is written."""
+    glue, device = _impl(impl)
+    nq = torch.rand(3, dtype=F64, device=device)
+    e = torch.empty(0, dtype=F64, device=device)
+    stats = [torch.empty(0, 3, dtype=F64, device=device), e, e, e, nq]
+    logits, packed = glue.epilogue(stats, None, True, 0.5, torch.float32)
+    assert logits.shape == (0, 4) and torch.equal(packed, nq)
+    got = glue.coefficients(packed, torch.empty(0, 4, device=device), None, True, 0.5)
+    want = contrast.TorchGlue.coefficients(packed, torch.empty(0, 4, device=device), None, True, 0.5)
+    for a, w in zip(got, want, strict=True):
+        assert a.shape == w.shape and torch.equal(a, w) and torch.equal(torch.signbit(a), torch.signbit(w))
 
 
 @pytest.mark.parametrize("impl", IMPLS)

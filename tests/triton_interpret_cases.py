@@ -336,6 +336,21 @@ def test_triton_glue_matches_torch_glue(small_glue_blocks, B, N, self_index, deg
         for name, a, e in zip(("c_aa", "c_aq", "c_qa", "c_qq", "c_ap", "c_pp"), got, want, strict=True):
             assert a.shape == e.shape and a.dtype == F64, name
             assert_close(a, e, 1e-12, atol=1e-12 * float(e.abs().max()) if e.numel() else 0.0, what=name)
+            zero = e == 0
+            assert torch.equal(torch.signbit(a[zero]), torch.signbit(e[zero])), f"{name}: sign of zeros"
+
+
+def test_triton_glue_empty_batch_with_negatives(small_glue_blocks):
+    from sgc_fast import contrast
+
+    nq, e = torch.rand(3, dtype=F64), torch.empty(0, dtype=F64)
+    stats = [torch.empty(0, 3, dtype=F64), e, e, e, nq]
+    logits, packed = small_glue_blocks.epilogue(stats, None, True, 0.5, F32)
+    assert logits.shape == (0, 4) and torch.equal(packed, nq)
+    got = small_glue_blocks.coefficients(packed, torch.empty(0, 4), None, True, 0.5)
+    want = contrast.TorchGlue.coefficients(packed, torch.empty(0, 4), None, True, 0.5)
+    for a, w in zip(got, want, strict=True):
+        assert a.shape == w.shape and torch.equal(a, w) and torch.equal(torch.signbit(a), torch.signbit(w))
 
 
 @pytest.mark.parametrize("cam_dtype", [BF16, F32, F64], ids=str)

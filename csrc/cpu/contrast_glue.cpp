@@ -115,7 +115,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         const int64_t self_i = self_p ? self_p[i] : -1;
         double kappa = 0;
         for (int64_t j = 0; j < NQ; ++j) kappa += glue::kappa_a_term(s, g, ncols, i, j, separate, self_i, t);
-        glue::row_coefs(s, g, ncols, i, kappa, t, &caa_p[i * B + i], &cap_p[i], &cpp_p[i]);
+        glue::row_coefs(s, g, ncols, i, kappa, t, separate, &caa_p[i * B + i], &cap_p[i], &cpp_p[i]);
         if (separate) {
           for (int64_t k = 0; k < N; ++k) caq_p[i * N + k] = glue::coef_aq(s, g, ncols, i, k, self_i, t);
         } else {

@@ -124,7 +124,7 @@ __global__ void coef_reduce_kernel(glue::Stats s, const G* __restrict__ g, int64
     const int64_t i = item, self_i = self ? self[i] : -1;
     for (int64_t j = lane; j < s.NQ; j += 32) kappa += glue::kappa_a_term(s, g, ncols, i, j, separate, self_i, t);
     kappa = warp_sum(kappa);
-    if (lane == 0) glue::row_coefs(s, g, ncols, i, kappa, t, &caa[i * B + i], &cap[i], &cpp[i]);
+    if (lane == 0) glue::row_coefs(s, g, ncols, i, kappa, t, separate, &caa[i * B + i], &cap[i], &cpp[i]);
   } else {
     const int64_t k = item - B;
     for (int64_t i = lane; i < B; i += 32) kappa += glue::kappa_q_term(s, g, ncols, i, k, self ? self[i] : -1, t);
@@ -194,7 +194,7 @@ std::tuple<at::Tensor, at::Tensor> contrast_epilogue_cuda(const at::Tensor& gram
   const int64_t B = gram.size(0), ncols = separate ? 1 + NQ : B;
   at::Tensor packed = at::empty({glue::packed_numel(B, NQ)}, gram.options());
   at::Tensor logits = at::empty({B, ncols}, gram.options().dtype(dtype));
-  if (B == 0) return {logits, packed};
+  if (glue::packed_numel(B, NQ) == 0) return {logits, packed};  // (B = 0 with negatives still packs |q|^2)
   glue::Stats s{gram.const_data_ptr<double>(), pos.const_data_ptr<double>(), na.const_data_ptr<double>(),
                 np.const_data_ptr<double>(), nq.const_data_ptr<double>(), B, NQ};
   const at::Tensor self = self_index_long(self_index);
@@ -219,7 +219,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const auto opts = packed.options();
   at::Tensor caa = at::empty({B, B}, opts), caq = at::empty({B, N}, opts), cqa = at::empty({N, B}, opts),
              cqq = at::empty({N}, opts), cap = at::empty({B}, opts), cpp = at::empty({B}, opts);
-  if (B == 0) return {caa, caq, cqa, cqq, cap, cpp};
+  if (B + N == 0) return {caa, caq, cqa, cqq, cap, cpp};  // (B = 0 with negatives still writes c_qq)
   const glue::Stats s = glue::unpack(packed.const_data_ptr<double>(), B, NQ);
   const at::Tensor self = self_index_long(self_index);
   const int64_t* self_p = self.defined() ? self.const_data_ptr<int64_t>() : nullptr;

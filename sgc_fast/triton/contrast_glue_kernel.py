@@ -11,13 +11,16 @@ kernels:
 - :func:`unnormalise`: chain d/d(ct) to d/d(cam) (one program per sample).
 
 Scalars that must stay float64 (eps, the temperature, the normalisation floor) are read from a cached
-float64 device tensor: Triton passes Python floats as float32. Reductions are fixed-order ``tl.sum`` trees
+float64 device tensor: Triton passes Python floats as float32. (The first call with a new eps or temperature
+copies it to the device: run one step before capturing a CUDA graph.) Launches run under the tensors'
+device (Triton would use the current one); offsets are 64-bit. Reductions are fixed-order ``tl.sum`` trees
 over fixed blocks: results are reproducible run to run. The kernels run inside the opaque custom op
 ``sgc_fast::triton_contrast_logits`` (or under the interpreter), so they are launched directly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -50,6 +53,7 @@ def _inv_norm(sq, floor):
 @triton.jit
 def _normalise_kernel(cam_ptr, w_ptr, scal_ptr, ct_ptr, total_ptr, n, BLOCK: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
+    n = tl.cast(n, tl.int64)
     eps = tl.load(scal_ptr)
     acc = tl.zeros([BLOCK], dtype=tl.float64)
     for start in range(0, n, BLOCK):
@@ -69,6 +73,7 @@ def _normalise_kernel(cam_ptr, w_ptr, scal_ptr, ct_ptr, total_ptr, n, BLOCK: tl.
 @triton.jit
 def _unnormalise_kernel(g_ptr, cam_ptr, total_ptr, w_ptr, out_ptr, n, BLOCK: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
+    n = tl.cast(n, tl.int64)
     acc = tl.zeros([BLOCK], dtype=tl.float64)
     for start in range(0, n, BLOCK):
         p = start + tl.arange(0, BLOCK)
@@ -91,6 +96,8 @@ def _unnormalise_kernel(g_ptr, cam_ptr, total_ptr, w_ptr, out_ptr, n, BLOCK: tl.
 def _epilogue_kernel(gram_ptr, pos_ptr, na_ptr, np_ptr, nq_ptr, self_ptr, scal_ptr, out_ptr, NQ, ncols,
                      SEPARATE: tl.constexpr, HAS_SELF: tl.constexpr, BLOCK: tl.constexpr):
     i = tl.program_id(0).to(tl.int64)
+    NQ = tl.cast(NQ, tl.int64)
+    ncols = tl.cast(ncols, tl.int64)
     c = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     t = tl.load(scal_ptr)
     floor = tl.load(scal_ptr + 1)
@@ -132,6 +139,9 @@ def _dcos(g_ptr, ncols, row, col, ok, t, SEPARATE: tl.constexpr):
 def _coefficients_kernel(stats_ptr, g_ptr, self_ptr, scal_ptr, caa_ptr, caq_ptr, cqa_ptr, cqq_ptr, cap_ptr, cpp_ptr,
                          B, NQ, ncols, SEPARATE: tl.constexpr, HAS_SELF: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
+    B = tl.cast(B, tl.int64)  # every offset below in 64 bits
+    NQ = tl.cast(NQ, tl.int64)
+    ncols = tl.cast(ncols, tl.int64)
     t = tl.load(scal_ptr)
     floor = tl.load(scal_ptr + 1)
     # Packed stats: [gram B*NQ | pos B | |a|^2 B | |p|^2 B | |q|^2 NQ].
@@ -139,7 +149,7 @@ def _coefficients_kernel(stats_ptr, g_ptr, self_ptr, scal_ptr, caa_ptr, caq_ptr,
     na_ptr = pos_ptr + B
     np_ptr = na_ptr + B
     nq_ptr = np_ptr + B
-    offs = tl.arange(0, BLOCK)
+    offs = tl.arange(0, BLOCK).to(tl.int64)
     if pid < B:  # Gram row i
         i = pid
         sa, on_a = _inv_norm(tl.load(na_ptr + i), floor)
@@ -173,7 +183,11 @@ def _coefficients_kernel(stats_ptr, g_ptr, self_ptr, scal_ptr, caa_ptr, caq_ptr,
         q = tl.load(g_ptr + i * ncols).to(tl.float64) / t
         cos_pos = tl.load(pos_ptr + i) * sa * sp
         kappa = tl.sum(acc, 0) + q * cos_pos
-        tl.store(caa_ptr + i * B + i, -tl.where(on_a, kappa * sa * sa, 0.0))
+        x = tl.where(on_a, kappa * sa * sa, 0.0)
+        if SEPARATE:
+            tl.store(caa_ptr + i * B + i, -x)
+        else:
+            tl.store(caa_ptr + i * B + i, 0.0 - x)  # as the PyTorch form: a zero diagonal entry is +0.0
         tl.store(cap_ptr + i, q * sa * sp)
         tl.store(cpp_ptr + i, -tl.where(on_p, q * cos_pos * sp * sp, 0.0))
     else:  # column k of the separate negatives
@@ -195,6 +209,11 @@ def _coefficients_kernel(stats_ptr, g_ptr, self_ptr, scal_ptr, caa_ptr, caq_ptr,
         tl.store(cqq_ptr + k, -tl.where(on_q, kappa * sq * sq, 0.0))
 
 
+def _on(device: torch.device):
+    """Launch on ``device``'s GPU (Triton launches on the current device, whatever the tensors')."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _block(n: int) -> int:
     return min(BLOCK, next_pow2(n, 16))
 
@@ -212,8 +231,9 @@ def normalise(cam: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.
     ct = torch.empty((B, h, w), dtype=dtype, device=cam.device)
     total = torch.empty((B,), dtype=torch.float64, device=cam.device)
     if B:
-        _normalise_kernel[(B,)](cam, weight.contiguous(), _scalars(cam.device, float(eps)), ct, total, h * w,
-                                BLOCK=_block(h * w), num_warps=NUM_WARPS)
+        with _on(cam.device):
+            _normalise_kernel[(B,)](cam, weight.contiguous(), _scalars(cam.device, float(eps)), ct, total, h * w,
+                                    BLOCK=_block(h * w), num_warps=NUM_WARPS)
     return ct, total
 
 
@@ -223,8 +243,9 @@ def unnormalise(grad_ct: torch.Tensor, cam: torch.Tensor, total: torch.Tensor, w
     B, h, w = cam.shape
     out = torch.empty_like(cam)
     if B:
-        _unnormalise_kernel[(B,)](grad_ct.contiguous(), cam, total.contiguous(), weight.contiguous(), out, h * w,
-                                  BLOCK=_block(h * w), num_warps=NUM_WARPS)
+        with _on(cam.device):
+            _unnormalise_kernel[(B,)](grad_ct.contiguous(), cam, total.contiguous(), weight.contiguous(), out, h * w,
+                                      BLOCK=_block(h * w), num_warps=NUM_WARPS)
     return out
 
 
@@ -237,11 +258,12 @@ def epilogue(stats, self_index, separate: bool, temperature: float, dtype: torch
     self_index = _self_long(self_index)
     if B:
         blk = _block(ncols)
-        _epilogue_kernel[(B, triton.cdiv(ncols, blk))](
-            gram, pos, na, np_, nq, self_index if self_index is not None else gram,
-            _scalars(gram.device, float(temperature), NORM_EPS), logits, NQ, ncols,
-            SEPARATE=separate, HAS_SELF=self_index is not None, BLOCK=blk, num_warps=NUM_WARPS,
-        )
+        with _on(gram.device):
+            _epilogue_kernel[(B, triton.cdiv(ncols, blk))](
+                gram, pos, na, np_, nq, self_index if self_index is not None else gram,
+                _scalars(gram.device, float(temperature), NORM_EPS), logits, NQ, ncols,
+                SEPARATE=separate, HAS_SELF=self_index is not None, BLOCK=blk, num_warps=NUM_WARPS,
+            )
     return logits, torch.cat([gram.reshape(-1), pos, na, np_, nq])
 
 
@@ -255,10 +277,11 @@ def coefficients(packed: torch.Tensor, grad_logits: torch.Tensor, self_index, se
     f = functools.partial(torch.empty, dtype=torch.float64, device=grad.device)
     caa, caq, cqa, cqq, cap, cpp = f((B, B)), f((B, N)), f((N, B)), f((N,)), f((B,)), f((B,))
     self_index = _self_long(self_index)
-    if B:
-        _coefficients_kernel[(B + N,)](
-            packed.contiguous(), grad, self_index if self_index is not None else grad,
-            _scalars(grad.device, float(temperature), NORM_EPS), caa, caq, cqa, cqq, cap, cpp, B, NQ, ncols,
-            SEPARATE=separate, HAS_SELF=self_index is not None, BLOCK=_block(max(B, NQ)), num_warps=NUM_WARPS,
-        )
+    if B + N:  # (B = 0 with negatives still writes c_qq)
+        with _on(grad.device):
+            _coefficients_kernel[(B + N,)](
+                packed.contiguous(), grad, self_index if self_index is not None else grad,
+                _scalars(grad.device, float(temperature), NORM_EPS), caa, caq, cqa, cqq, cap, cpp, B, NQ, ncols,
+                SEPARATE=separate, HAS_SELF=self_index is not None, BLOCK=_block(max(B, NQ, 1)), num_warps=NUM_WARPS,
+            )
     return caa, caq, cqa, cqq, cap, cpp
