@@ -141,5 +141,49 @@ SGC_HD double coef_qq(const Stats& s, int64_t k, double kappa_q) {
   return above_floor(s.nq[k]) ? -(kappa_q * sq * sq) : -0.0;
 }
 
+// ---- CGC warp matrices (sgc_fast/interp.py: warp_matrices) ---------------------------------------------------
+// One axis of "upsample h -> n, crop rows start : start + length, resize back to n, flip": entry (r, y) of
+// Vy (or Vx) for output row r and CAM index y. Source coordinates follow align_corners=False
+// (src = (dst + 0.5) * in / out - 0.5, clamped below at 0, right neighbour clamped to the last index), in
+// the order of operations of interp.py (equal to rounding: compilers may fuse its multiply-adds).
+
+struct Taps {
+  int64_t i0, i1;
+  double lam;
+};
+
+// The two source taps of output row r when resizing in_size -> out_size; scale = in_size / out_size.
+SGC_HD Taps resize_taps(int64_t r, double scale, int64_t in_size) {
+  double src = (static_cast<double>(r) + 0.5) * scale - 0.5;
+  src = src < 0.0 ? 0.0 : src;
+  Taps t;
+  t.i0 = static_cast<int64_t>(floor(src));
+  t.i0 = t.i0 < in_size - 1 ? t.i0 : in_size - 1;
+  t.i1 = t.i0 + 1 < in_size - 1 ? t.i0 + 1 : in_size - 1;
+  t.lam = src - static_cast<double>(t.i0);
+  return t;
+}
+
+// Entry (r, y) of the n x m upsampling matrix (accumulated as index_put_ does: first 1 - lam, then lam).
+SGC_HD double upsample_entry(int64_t r, int64_t y, int64_t n, int64_t m) {
+  const Taps t = resize_taps(r, static_cast<double>(m) / static_cast<double>(n), m);
+  double v = 0.0;
+  if (y == t.i0) v += 1.0 - t.lam;
+  if (y == t.i1) v += t.lam;
+  return v;
+}
+
+// Entry (r, y) of one axis' warp matrix [n, m] for a crop (start, length) of the upsampled axis.
+SGC_HD double warp_entry(int64_t r, int64_t y, int64_t n, int64_t m, int64_t start, int64_t length) {
+  const double len = static_cast<double>(length);
+  double src = (static_cast<double>(r) + 0.5) * (len / static_cast<double>(n)) - 0.5;
+  src = src < 0.0 ? 0.0 : src;
+  const int64_t f = static_cast<int64_t>(floor(src));
+  const int64_t i0 = f < length - 1 ? f : length - 1;
+  const int64_t i1 = i0 + 1 < length - 1 ? i0 + 1 : length - 1;
+  const double lam = src - static_cast<double>(i0);
+  return (1.0 - lam) * upsample_entry(start + i0, y, n, m) + lam * upsample_entry(start + i1, y, n, m);
+}
+
 }  // namespace glue
 }  // namespace sgc_fast

@@ -83,4 +83,14 @@ inline void check_unnormalise(const at::Tensor& grad_ct, const at::Tensor& cam, 
     TORCH_CHECK(t->device() == cam.device(), "contrast_unnormalise: tensors on ", t->device(), " and ", cam.device());
 }
 
+inline void check_warp(const at::Tensor& crop, const at::Tensor& flip, int64_t H, int64_t W, int64_t h, int64_t w) {
+  TORCH_CHECK(crop.dim() == 2 && crop.size(1) == 4 && !at::isFloatingType(crop.scalar_type()),
+              "crop: expected an integer [B, 4] tensor, got ", crop.scalar_type(), " ", crop.sizes());
+  TORCH_CHECK(flip.dim() == 1 && flip.size(0) == crop.size(0) && flip.scalar_type() == at::kBool,
+              "flip: expected a bool [", crop.size(0), "] tensor, got ", flip.scalar_type(), " ", flip.sizes());
+  TORCH_CHECK(flip.device() == crop.device(), "flip: on ", flip.device(), ", crop on ", crop.device());
+  TORCH_CHECK(H > 0 && W > 0 && h > 0 && w > 0, "size: expected positive H, W, h, w, got ", H, ", ", W, ", ", h, ", ",
+              w);
+}
+
 }  // namespace sgc_fast

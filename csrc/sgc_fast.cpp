@@ -12,6 +12,7 @@
 //                          the float64 glue around the sweep (contrast_glue.h): sum normalisation of the
 //                          CAMs, logits from the stats, backward coefficients, and the chain back to the
 //                          raw CAMs -- one launch each instead of dozens of small ATen ops.
+//   warp_matrices          the per-sample CGC warp matrices Vy [B,H,h], Vx [B,W,w] (sgc_fast/interp.py).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -45,4 +46,5 @@ TORCH_LIBRARY(sgc_fast, m) {
       "contrast_coefficients(Tensor stats, Tensor grad_logits, Tensor? self_index, bool separate,"
       " float temperature) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("contrast_unnormalise(Tensor grad_ct, Tensor cam, Tensor total, Tensor weight) -> Tensor");
+  m.def("warp_matrices(Tensor crop, Tensor flip, int H, int W, int h, int w) -> (Tensor, Tensor)");
 }

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -69,6 +69,8 @@ class Problem:
     H: int
     W: int
     warped: bool = True  # V differs from U (a crop was given)
+    #: Products the closed forms share between forward and backward (see :func:`_memo`).
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def B(self) -> int:
@@ -198,6 +200,11 @@ class TorchGlue:
         """d/d(cam) from d/d(ct), in cam's dtype."""
         return unnormalise_grad(grad_ct, cam, total, weight).to(cam.dtype)
 
+    @staticmethod
+    def warp_matrices(crop, flip, size, cam_size):
+        """The CGC warp ``(Vy [B, H, h], Vx [B, W, w])``, float64 (:func:`sgc_fast.interp.warp_matrices`)."""
+        return warp_matrices(crop, flip, size, cam_size, torch.float64)
+
 
 class NativeGlue:
     """The glue as the extension's ops (csrc/contrast_glue.h), same signatures as :class:`TorchGlue`."""
@@ -220,6 +227,11 @@ class NativeGlue:
     def unnormalise(grad_ct, cam, total, weight):
         return torch.ops.sgc_fast.contrast_unnormalise(grad_ct, cam, total, weight)
 
+    @staticmethod
+    def warp_matrices(crop, flip, size, cam_size):
+        return torch.ops.sgc_fast.warp_matrices(crop, flip, int(size[0]), int(size[1]), int(cam_size[0]),
+                                                int(cam_size[1]))
+
 
 def prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps, ct_dtype: torch.dtype = torch.float64,
             glue_impl=None) -> Problem:
@@ -234,12 +246,11 @@ def prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps, ct_dtype: torch.d
         uy, ux, weight, my, mx = _constants(H, W, h, w, dev)
     else:
         uy, ux, weight, my, mx = _constants.__wrapped__(H, W, h, w, dev)
+    impl = glue_impl if glue_impl is not None and type(cam_aug) is torch.Tensor else TorchGlue
     if crop is not None:
-        vy, vx = warp_matrices(crop, flip, (H, W), (h, w), f64)
+        vy, vx = impl.warp_matrices(crop, flip, (H, W), (h, w))
     else:
         vy, vx = uy[None], ux[None]
-
-    impl = glue_impl if glue_impl is not None and type(cam_aug) is torch.Tensor else TorchGlue
 
     def normalise(c):
         return impl.normalise(c, weight, eps, ct_dtype)
@@ -278,23 +289,55 @@ def _inner(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x * y).flatten(1).sum(1)
 
 
+def _memo(pb: Problem, key: str, compute):
+    """``compute()`` once per problem: the forward's closed forms are reused by the backward."""
+    if key not in pb.memo:
+        pb.memo[key] = compute()
+    return pb.memo[key]
+
+
+def _uv(pb: Problem):
+    """``(Uy^T Vy_i, Ux^T Vx_i)``, ``[B or 1, h, h]`` and ``[B or 1, w, w]``."""
+    return _memo(pb, "uv", lambda: (pb.uy.T @ pb.vy, pb.ux.T @ pb.vx))
+
+
+def _m_aug(pb: Problem) -> torch.Tensor:
+    return _memo(pb, "m_aug", lambda: _sep(pb.my, pb.ct_aug, pb.mx))  # M ct_aug = U^T U ct_aug
+
+
+def _m_neg(pb: Problem) -> torch.Tensor:
+    return _memo(pb, "m_neg", lambda: _sep(pb.my, pb.ct_neg, pb.mx))
+
+
+def _uv_orig(pb: Problem) -> torch.Tensor:
+    def compute():
+        uvy, uvx = _uv(pb)
+        return _sep(uvy, pb.ct_orig, uvx)  # U^T V_i ct_orig_i
+
+    return _memo(pb, "uv_orig", compute)
+
+
+def _vv_orig(pb: Problem) -> torch.Tensor:
+    # V_i^T V_i ct_orig_i
+    return _memo(pb, "vv_orig", lambda: _sep(pb.vy.transpose(1, 2) @ pb.vy, pb.ct_orig, pb.vx.transpose(1, 2) @ pb.vx))
+
+
 def lowres_stats(pb: Problem):
     """Stats of the unmasked problem in closed form on the h x w grid: (gram, pos, |a|^2, |p|^2, |q|^2)."""
     eps, HW = pb.eps, pb.H * pb.W
-    My, Mx = pb.my, pb.mx
     r_aug = _inner(pb.ct_aug, pb.weight.expand_as(pb.ct_aug))
-    m_aug = _sep(My, pb.ct_aug, Mx)  # M ct_aug
+    m_aug = _m_aug(pb)
     cols, r_cols = (pb.ct_neg, _inner(pb.ct_neg, pb.weight.expand_as(pb.ct_neg))) if pb.separate else (pb.ct_aug, r_aug)
     gram = m_aug.flatten(1) @ cols.flatten(1).T + eps * (r_aug[:, None] + r_cols[None, :]) + eps * eps * HW
     # V_i ct_orig_i, its total rho_i, and the mixed products U^T V_i and V_i^T V_i.
     rho = _inner(pb.ct_orig, _col_sums(pb).expand_as(pb.ct_orig))
-    uv = _sep(pb.uy.T @ pb.vy, pb.ct_orig, pb.ux.T @ pb.vx)  # U^T V_i ct_orig_i
-    vv = _sep(pb.vy.transpose(1, 2) @ pb.vy, pb.ct_orig, pb.vx.transpose(1, 2) @ pb.vx)  # V^T V ct_orig
+    uv = _uv_orig(pb)
+    vv = _vv_orig(pb)
     pos = _inner(pb.ct_aug, uv) + eps * (r_aug + rho) + eps * eps * HW
     norm_aug = _inner(pb.ct_aug, m_aug) + 2 * eps * r_aug + eps * eps * HW
     norm_orig = _inner(pb.ct_orig, vv) + 2 * eps * rho + eps * eps * HW
     if pb.separate:
-        norm_neg = _inner(pb.ct_neg, _sep(My, pb.ct_neg, Mx)) + 2 * eps * r_cols + eps * eps * HW
+        norm_neg = _inner(pb.ct_neg, _m_neg(pb)) + 2 * eps * r_cols + eps * eps * HW
     else:
         norm_neg = norm_aug
     return gram, pos, norm_aug, norm_orig, norm_neg
@@ -302,7 +345,7 @@ def lowres_stats(pb: Problem):
 
 def _col_sums(pb: Problem) -> torch.Tensor:
     """``V_i^T 1`` as ``[B or 1, h, w]``: how much each CAM cell contributes to the warped map's total."""
-    return pb.vy.sum(1)[:, :, None] * pb.vx.sum(1)[:, None, :]
+    return _memo(pb, "col_sums", lambda: pb.vy.sum(1)[:, :, None] * pb.vx.sum(1)[:, None, :])
 
 
 def _scales(norm_sq: torch.Tensor):
@@ -400,19 +443,20 @@ def lowres_grads(pb: Problem, coefs):
     """Gradients w.r.t. (ct_aug, ct_orig, ct_neg) of the unmasked problem, on the h x w grid."""
     c_aa, c_aq, c_qa, c_qq, c_ap, c_pa, c_pp = coefs
     eps = pb.eps
-    My, Mx = pb.my, pb.mx
     w = pb.weight
-    # U^T a_j = M ct_j + eps w ; U^T p_i = U^T V_i ct_orig_i + eps w ; V_i^T a_i, V_i^T p_i likewise.
-    ut_a = _sep(My, pb.ct_aug, Mx) + eps * w
-    ut_p = _sep(pb.uy.T @ pb.vy, pb.ct_orig, pb.ux.T @ pb.vx) + eps * w
+    # U^T a_j = M ct_j + eps w ; U^T p_i = U^T V_i ct_orig_i + eps w ; V_i^T a_i, V_i^T p_i likewise (the products
+    # the forward formed are reused when this is the forward's problem).
+    ut_a = _m_aug(pb) + eps * w
+    ut_p = _uv_orig(pb) + eps * w
     vt1 = _col_sums(pb)
-    vt_a = _sep(pb.vy.transpose(1, 2) @ pb.uy, pb.ct_aug, pb.vx.transpose(1, 2) @ pb.ux) + eps * vt1
-    vt_p = _sep(pb.vy.transpose(1, 2) @ pb.vy, pb.ct_orig, pb.vx.transpose(1, 2) @ pb.vx) + eps * vt1
+    uvy, uvx = _uv(pb)
+    vt_a = _sep(uvy.transpose(1, 2), pb.ct_aug, uvx.transpose(1, 2)) + eps * vt1  # V_i^T U = (U^T V_i)^T
+    vt_p = _vv_orig(pb) + eps * vt1
     B, h, wd = pb.ct_aug.shape
     g_aug = (c_aa @ ut_a.flatten(1)).view(B, h, wd) + c_ap[:, None, None] * ut_p
     g_orig = c_pa[:, None, None] * vt_a + c_pp[:, None, None] * vt_p
     if pb.separate:
-        ut_q = _sep(My, pb.ct_neg, Mx) + eps * w
+        ut_q = _m_neg(pb) + eps * w
         g_aug = g_aug + (c_aq @ ut_q.flatten(1)).view(B, h, wd)
         g_neg = (c_qa @ ut_a.flatten(1)).view(-1, h, wd) + c_qq[:, None, None] * ut_q
     else:

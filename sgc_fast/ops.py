@@ -408,6 +408,11 @@ if _EXT_ERROR is None:  # the native glue (contrast.NativeGlue); fakes so that t
     def _contrast_unnormalise_fake(grad_ct, cam, total, weight):
         return torch.empty_like(cam)
 
+    @torch.library.register_fake("sgc_fast::warp_matrices")
+    def _warp_matrices_fake(crop, flip, H, W, h, w):
+        B = crop.shape[0]
+        return crop.new_empty((B, H, h), dtype=torch.float64), crop.new_empty((B, W, w), dtype=torch.float64)
+
 
 def check_contrast_args(cam_orig, cam_aug, mask, crop, flip, size, temperature, eps, neg_cam, neg_mask, self_index):
     """Validate contrast_logits' arguments; raise a one-line error naming the argument."""

@@ -104,6 +104,12 @@ def contrast_cases(dev: torch.device) -> None:
     torch.autograd.grad(logits.logsumexp(1).sum(), (co, ca, neg))
     torch.cuda.synchronize()
     print("contrast_logits sgc, separate negatives: ok")
+    crop = torch.tensor([[0, 0, H, W], [3, 2, 5, 4], [1, 1, 1, 1], [10, 3, 7, 9]], device=dev)
+    flip = torch.tensor([False, True, True, False], device=dev)
+    logits = sgc_fast.contrast_logits(co, ca, crop=crop, flip=flip, size=(H, W), backend="cuda")
+    torch.autograd.grad(logits.logsumexp(1).sum(), (co, ca))
+    torch.cuda.synchronize()
+    print("contrast_logits cgc (warp_matrices): ok")
 
 
 def main() -> int:

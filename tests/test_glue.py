@@ -1,5 +1,5 @@
 """The native glue ops (csrc/contrast_glue.h: contrast_normalise, contrast_epilogue, contrast_coefficients,
-contrast_unnormalise) against the plain-PyTorch glue of sgc_fast/contrast.py, which defines them; and the
+contrast_unnormalise, warp_matrices) and the Triton glue against the plain-PyTorch glue of sgc_fast/contrast.py, which defines them; and the
 switch between the two (SGC_FAST_GLUE)."""
 
 from __future__ import annotations
@@ -247,6 +247,30 @@ def test_glue_agrees_with_torch_glue(method, combo, monkeypatch):
         assert_close(a[fin], e[fin], rtol=1e-11, atol=1e-11 * float(e[fin].abs().max().detach()), what=name)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("H,W,h,w", [(33, 17, 5, 3), (224, 224, 7, 7), (20, 9, 20, 9), (8, 8, 1, 1)])
+def test_warp_matrices(impl, H, W, h, w):
+    """The CGC warp matrices entry by entry against the PyTorch form, every crop shape
+    from one pixel to the whole map, mirrored or not."""
+    from sgc_fast import interp
+
+    glue, device = _impl(impl)
+    B = 24
+    hh = torch.randint(1, H + 1, (B,))
+    ww = torch.randint(1, W + 1, (B,))
+    hh[:3], ww[:3] = torch.tensor([1, H, H]), torch.tensor([1, W, 1])
+    top = (torch.rand(B) * (H - hh + 1)).floor().long()
+    left = (torch.rand(B) * (W - ww + 1)).floor().long()
+    crop = torch.stack([top, left, hh, ww], 1).to(device=device, dtype=torch.int32)
+    flip = (torch.rand(B) < 0.5).to(device)
+    vy, vx = glue.warp_matrices(crop, flip, (H, W), (h, w))
+    ey, ex = interp.warp_matrices(crop, flip, (H, W), (h, w), F64)
+    assert vy.dtype == vx.dtype == F64 and vy.shape == ey.shape and vx.shape == ex.shape
+    # (to rounding: the compilers fuse multiply-adds that PyTorch rounds separately)
+    assert_close(vy, ey, rtol=2e-15, atol=2e-15, what="vy")
+    assert_close(vx, ex, rtol=2e-15, atol=2e-15, what="vx")
+
+
 @needs_cpu_glue
 def test_errors_name_the_argument():
     cam = torch.rand(2, 3, 3)
@@ -261,6 +285,10 @@ def test_errors_name_the_argument():
         native.contrast_coefficients(ops.pack_stats(stats)[1:], torch.randn(3, 3), None, False, 0.5)
     with pytest.raises(RuntimeError, match="self_index: given without separate negatives"):
         native.contrast_epilogue(*stats, torch.zeros(3, dtype=torch.long), False, 0.5, torch.float32)
+    with pytest.raises(RuntimeError, match="crop: expected an integer"):
+        native.warp_matrices(torch.zeros(2, 4), torch.zeros(2, dtype=torch.bool), 8, 8, 2, 2)
+    with pytest.raises(RuntimeError, match="flip: expected a bool"):
+        native.warp_matrices(torch.zeros(2, 4, dtype=torch.long), torch.zeros(2), 8, 8, 2, 2)
     with pytest.raises(RuntimeError, match="grad_ct: expected float64"):
         native.contrast_unnormalise(torch.rand(2, 3, 3), cam, torch.ones(2, dtype=F64), torch.ones(3, 3, dtype=F64))
 
@@ -276,6 +304,8 @@ def test_opcheck():
     torch.library.opcheck(native.contrast_coefficients, (ops.pack_stats(stats), grad, None, True, 0.5))
     g = torch.randn(3, 5, 3, dtype=F64)
     torch.library.opcheck(native.contrast_unnormalise, (g, cam, pb.sum_aug, pb.weight))
+    crop = torch.tensor([[0, 0, 19, 11], [3, 2, 5, 4], [1, 1, 1, 1]])
+    torch.library.opcheck(native.warp_matrices, (crop, torch.tensor([False, True, True]), 19, 11, 5, 3))
 
 
 @needs_cpu_glue

@@ -5,6 +5,7 @@
 //   contrast_coefficients  the coefficient matrices of the backward's gradient fields, from the packed stats and
 //                          the logits' gradient
 //   contrast_unnormalise   chain d/d(ct) to d/d(cam)
+//   warp_matrices          the per-sample CGC warp matrices, entry by entry (no index gathers)
 // Each is one pass over tiny tensors; together they replace ~60 small ATen ops per forward + backward.
 // Reductions are sequential per sample/row: results do not depend on the thread count.
 #include <ATen/ATen.h>
@@ -166,6 +167,31 @@ at::Tensor contrast_unnormalise_cpu(const at::Tensor& grad_in, const at::Tensor&
   return out;
 }
 
+std::tuple<at::Tensor, at::Tensor> warp_matrices_cpu(const at::Tensor& crop_in, const at::Tensor& flip_in, int64_t H,
+                                                     int64_t W, int64_t h, int64_t w) {
+  check_warp(crop_in, flip_in, H, W, h, w);
+  const at::Tensor crop = crop_in.to(at::kLong).contiguous(), flip = flip_in.contiguous();
+  const int64_t B = crop.size(0);
+  const auto opts = crop.options().dtype(at::kDouble);
+  at::Tensor vy = at::empty({B, H, h}, opts), vx = at::empty({B, W, w}, opts);
+  const int64_t* c = crop.const_data_ptr<int64_t>();
+  const bool* f = flip.const_data_ptr<bool>();
+  double* py = vy.mutable_data_ptr<double>();
+  double* px = vx.mutable_data_ptr<double>();
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t* box = c + 4 * b;  // top, left, height, width
+      for (int64_t r = 0; r < H; ++r)
+        for (int64_t y = 0; y < h; ++y) py[(b * H + r) * h + y] = glue::warp_entry(r, y, H, h, box[0], box[2]);
+      for (int64_t r = 0; r < W; ++r) {
+        const int64_t src = f[b] ? W - 1 - r : r;  // a mirrored crop reads its rows backwards
+        for (int64_t x = 0; x < w; ++x) px[(b * W + r) * w + x] = glue::warp_entry(src, x, W, w, box[1], box[3]);
+      }
+    }
+  });
+  return {vy, vx};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sgc_fast, CPU, m) {
@@ -173,6 +199,7 @@ TORCH_LIBRARY_IMPL(sgc_fast, CPU, m) {
   m.impl("contrast_epilogue", &contrast_epilogue_cpu);
   m.impl("contrast_coefficients", &contrast_coefficients_cpu);
   m.impl("contrast_unnormalise", &contrast_unnormalise_cpu);
+  m.impl("warp_matrices", &warp_matrices_cpu);
 }
 
 }  // namespace sgc_fast

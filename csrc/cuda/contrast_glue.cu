@@ -1,5 +1,6 @@
 // The float64 glue of contrast_logits on CUDA (formulas in contrast_glue.h, semantics in sgc_fast/contrast.py;
-// same ops as cpu/contrast_glue.cpp). Launches per call: normalise 1, epilogue 1, coefficients 2, unnormalise 1
+// same ops as cpu/contrast_glue.cpp). Launches per call: normalise 1, epilogue 1, coefficients 2, unnormalise 1,
+// warp_matrices 1
 // -- where the plain-PyTorch glue launches ~60 small kernels per forward + backward, whose host-side launch
 // cost dominated the loss at B=256 on an H200.
 //
@@ -154,6 +155,23 @@ __global__ void coef_fill_kernel(glue::Stats s, const G* __restrict__ g, int64_t
   }
 }
 
+// Entries of Vy [B, H, h] then Vx [B, W, w], one thread per entry (grid-stride).
+__global__ void warp_kernel(const int64_t* __restrict__ crop, const bool* __restrict__ flip, int64_t B, int64_t H,
+                            int64_t W, int64_t h, int64_t w, double* __restrict__ vy, double* __restrict__ vx) {
+  const int64_t ny = B * H * h, total = ny + B * W * w;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
+    if (e < ny) {
+      const int64_t y = e % h, r = (e / h) % H, b = e / (h * H);
+      vy[e] = glue::warp_entry(r, y, H, h, crop[4 * b], crop[4 * b + 2]);
+    } else {
+      const int64_t f = e - ny, x = f % w, r = (f / w) % W, b = f / (w * W);
+      const int64_t src = flip[b] ? W - 1 - r : r;  // a mirrored crop reads its rows backwards
+      vx[f] = glue::warp_entry(src, x, W, w, crop[4 * b + 1], crop[4 * b + 3]);
+    }
+  }
+}
+
 at::Tensor self_index_long(const c10::optional<at::Tensor>& self_index) {
   return self_index.has_value() ? self_index->to(at::kLong).contiguous() : at::Tensor();
 }
@@ -261,6 +279,23 @@ at::Tensor contrast_unnormalise_cuda(const at::Tensor& grad_in, const at::Tensor
   return out;
 }
 
+std::tuple<at::Tensor, at::Tensor> warp_matrices_cuda(const at::Tensor& crop_in, const at::Tensor& flip_in, int64_t H,
+                                                      int64_t W, int64_t h, int64_t w) {
+  check_warp(crop_in, flip_in, H, W, h, w);
+  const c10::cuda::OptionalCUDAGuard guard(crop_in.device());
+  const at::Tensor crop = crop_in.to(at::kLong).contiguous(), flip = flip_in.contiguous();
+  const int64_t B = crop.size(0);
+  const auto opts = crop.options().dtype(at::kDouble);
+  at::Tensor vy = at::empty({B, H, h}, opts), vx = at::empty({B, W, w}, opts);
+  if (B == 0) return {vy, vx};
+  auto stream = at::cuda::getCurrentCUDAStream();
+  warp_kernel<<<elem_blocks(B * (H * h + W * w)), kElemThreads, 0, stream>>>(
+      crop.const_data_ptr<int64_t>(), flip.const_data_ptr<bool>(), B, H, W, h, w, vy.mutable_data_ptr<double>(),
+      vx.mutable_data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {vy, vx};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sgc_fast, CUDA, m) {
@@ -268,6 +303,7 @@ TORCH_LIBRARY_IMPL(sgc_fast, CUDA, m) {
   m.impl("contrast_epilogue", &contrast_epilogue_cuda);
   m.impl("contrast_coefficients", &contrast_coefficients_cuda);
   m.impl("contrast_unnormalise", &contrast_unnormalise_cuda);
+  m.impl("warp_matrices", &warp_matrices_cuda);
 }
 
 }  // namespace sgc_fast

@@ -30,7 +30,7 @@ import triton.language as tl
 from ..reference import NORM_EPS
 from .launch import next_pow2
 
-__all__ = ["normalise", "epilogue", "coefficients", "unnormalise"]
+__all__ = ["normalise", "epilogue", "coefficients", "unnormalise", "warp_matrices"]
 
 #: Elements per block of the per-sample passes and of the row/column walks.
 BLOCK = 256
@@ -212,6 +212,13 @@ def _coefficients_kernel(stats_ptr, g_ptr, self_ptr, scal_ptr, caa_ptr, caq_ptr,
 def _on(device: torch.device):
     """Launch on ``device``'s GPU (Triton launches on the current device, whatever the tensors')."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def warp_matrices(crop, flip, size, cam_size):
+    """The CGC warp matrices: the PyTorch form (a one-off of a few dozen small ops per forward)."""
+    from ..contrast import TorchGlue
+
+    return TorchGlue.warp_matrices(crop, flip, size, cam_size)
 
 
 def _block(n: int) -> int:
