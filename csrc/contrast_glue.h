@@ -141,6 +141,39 @@ SGC_HD double coef_qq(const Stats& s, int64_t k, double kappa_q) {
   return above_floor(s.nq[k]) ? -(kappa_q * sq * sq) : -0.0;
 }
 
+// ---- Unmasked problem in closed form on the h x w grid (sgc_fast/contrast.py: lowres_stats, lowres_grads) -------
+// Matrices are row-major float64. The per-sample products are
+//   Ay = Uy^T Vy_i [h,h], Ax = Ux^T Vx_i [w,w], Cy = Vy_i^T Vy_i, Cx = Vx_i^T Vx_i, colY = Vy_i^T 1, colX = Vx_i^T 1,
+// and the maps m = My c Mx^T (My = Uy^T Uy), uv = Ay c_orig Ax^T, vv = Cy c_orig Cx^T, col = colY colX^T.
+
+// (X^T Y)[a][b] = sum_r X[r][a] Y[r][b] for X [n, p], Y [n, q] (row strides p and q).
+SGC_HD double gram_entry(const double* X, const double* Y, int64_t n, int64_t p, int64_t q, int64_t a, int64_t b) {
+  double s = 0.0;
+  for (int64_t r = 0; r < n; ++r) s += X[r * p + a] * Y[r * q + b];
+  return s;
+}
+
+// Column sum of X [n, p]: (X^T 1)[a].
+SGC_HD double col_sum(const double* X, int64_t n, int64_t p, int64_t a) {
+  double s = 0.0;
+  for (int64_t r = 0; r < n; ++r) s += X[r * p + a];
+  return s;
+}
+
+// Left factor: (P c)[a][b] = sum_k P[a][k] c[k][b] for P [h,h] (transposed: P[k][a]), c [h,w].
+SGC_HD double left_entry(const double* P, const double* c, int64_t h, int64_t w, int64_t a, int64_t b, bool trans) {
+  double s = 0.0;
+  for (int64_t k = 0; k < h; ++k) s += (trans ? P[k * h + a] : P[a * h + k]) * c[k * w + b];
+  return s;
+}
+
+// Right factor: (t Q^T)[a][b] = sum_k t[a][k] Q[b][k] for t [h,w], Q [w,w] (transposed: Q[k][b]).
+SGC_HD double right_entry(const double* t, const double* Q, int64_t w, int64_t a, int64_t b, bool trans) {
+  double s = 0.0;
+  for (int64_t k = 0; k < w; ++k) s += t[a * w + k] * (trans ? Q[k * w + b] : Q[b * w + k]);
+  return s;
+}
+
 // ---- CGC warp matrices (sgc_fast/interp.py: warp_matrices) ---------------------------------------------------
 // One axis of "upsample h -> n, crop rows start : start + length, resize back to n, flip": entry (r, y) of
 // Vy (or Vx) for output row r and CAM index y. Source coordinates follow align_corners=False

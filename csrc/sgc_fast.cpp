@@ -13,6 +13,10 @@
 //                          CAMs, logits from the stats, backward coefficients, and the chain back to the
 //                          raw CAMs -- one launch each instead of dozens of small ATen ops.
 //   warp_matrices          the per-sample CGC warp matrices Vy [B,H,h], Vx [B,W,w] (sgc_fast/interp.py).
+//   contrast_lowres_stats, contrast_lowres_grads
+//                          the unmasked (CGC) problem in closed form on the h x w grid (contrast.py
+//                          lowres_stats / lowres_grads); the stats op also returns the products the
+//                          backward reuses (M c_aug | M c_neg, uv, vv, col, Ay, Ax).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -47,4 +51,12 @@ TORCH_LIBRARY(sgc_fast, m) {
       " float temperature) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("contrast_unnormalise(Tensor grad_ct, Tensor cam, Tensor total, Tensor weight) -> Tensor");
   m.def("warp_matrices(Tensor crop, Tensor flip, int H, int W, int h, int w) -> (Tensor, Tensor)");
+  m.def(
+      "contrast_lowres_stats(Tensor ct_aug, Tensor ct_orig, Tensor ct_neg, Tensor uy, Tensor ux, Tensor vy,"
+      " Tensor vx, Tensor my, Tensor mx, Tensor weight, float eps)"
+      " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "contrast_lowres_grads(Tensor ct_aug, Tensor m, Tensor uv, Tensor vv, Tensor col, Tensor ay, Tensor ax,"
+      " Tensor weight, float eps, Tensor coef_aa, Tensor coef_aq, Tensor coef_qa, Tensor coef_qq, Tensor coef_ap,"
+      " Tensor coef_pa, Tensor coef_pp) -> (Tensor, Tensor, Tensor)");
 }

@@ -205,6 +205,16 @@ class TorchGlue:
         """The CGC warp ``(Vy [B, H, h], Vx [B, W, w])``, float64 (:func:`sgc_fast.interp.warp_matrices`)."""
         return warp_matrices(crop, flip, size, cam_size, torch.float64)
 
+    @staticmethod
+    def lowres_stats(pb):
+        """The unmasked problem's stats in closed form (:func:`lowres_stats`)."""
+        return lowres_stats(pb)
+
+    @staticmethod
+    def lowres_grads(pb, coefs):
+        """Its gradients w.r.t. the normalised CAMs (:func:`lowres_grads`)."""
+        return lowres_grads(pb, coefs)
+
 
 class NativeGlue:
     """The glue as the extension's ops (csrc/contrast_glue.h), same signatures as :class:`TorchGlue`."""
@@ -231,6 +241,22 @@ class NativeGlue:
     def warp_matrices(crop, flip, size, cam_size):
         return torch.ops.sgc_fast.warp_matrices(crop, flip, int(size[0]), int(size[1]), int(cam_size[0]),
                                                 int(cam_size[1]))
+
+    @staticmethod
+    def lowres_stats(pb):
+        """:func:`lowres_stats` as one op; the products the backward needs go into the problem's memo."""
+        out = torch.ops.sgc_fast.contrast_lowres_stats(pb.ct_aug, pb.ct_orig, pb.ct_neg, pb.uy, pb.ux, pb.vy, pb.vx,
+                                                       pb.my, pb.mx, pb.weight, pb.eps)
+        pb.memo["native_lowres"] = out[5:]
+        return out[:5]
+
+    @staticmethod
+    def lowres_grads(pb, coefs):
+        """:func:`lowres_grads` as one op (products from the forward, or computed again)."""
+        if "native_lowres" not in pb.memo:
+            NativeGlue.lowres_stats(pb)
+        return torch.ops.sgc_fast.contrast_lowres_grads(pb.ct_aug, *pb.memo["native_lowres"], pb.weight, pb.eps,
+                                                        *coefs)
 
 
 def prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps, ct_dtype: torch.dtype = torch.float64,

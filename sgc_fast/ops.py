@@ -258,7 +258,7 @@ def contrast_forward(sweep, cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_ma
     ct_dtype = torch.float64 if mask is None else dtype
     pb = contrast.prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps, ct_dtype, glue)
     if mask is None:
-        stats = contrast.lowres_stats(pb)
+        stats = glue.lowres_stats(pb)
     else:
         stats = sweep(pb, _as_mask_bytes(mask), _as_mask_bytes(neg_mask), dtype)
     logits, packed = glue.epilogue(stats, self_index, pb.separate, temperature, dtype)
@@ -287,7 +287,7 @@ def contrast_backward(sweep_backward, grad_logits, packed, cam_orig, cam_aug, ma
     c_aa, c_aq, c_qa, c_qq, c_ap, c_pp = glue.coefficients(packed, grad_logits, self_index, pb.separate, temperature)
     coefs = (c_aa, c_aq, c_qa, c_qq, c_ap, c_ap, c_pp)
     if mask is None:
-        g_aug, g_orig, g_neg = contrast.lowres_grads(pb, coefs)
+        g_aug, g_orig, g_neg = glue.lowres_grads(pb, coefs)
     else:
         g_aug, g_orig, g_neg = sweep_backward(pb, _as_mask_bytes(mask), _as_mask_bytes(neg_mask), coefs, dtype)
     d_orig = glue.unnormalise(g_orig, cam_orig, pb.sum_orig, pb.weight)
@@ -407,6 +407,20 @@ if _EXT_ERROR is None:  # the native glue (contrast.NativeGlue); fakes so that t
     @torch.library.register_fake("sgc_fast::contrast_unnormalise")
     def _contrast_unnormalise_fake(grad_ct, cam, total, weight):
         return torch.empty_like(cam)
+
+    @torch.library.register_fake("sgc_fast::contrast_lowres_stats")
+    def _contrast_lowres_stats_fake(ct_aug, ct_orig, ct_neg, uy, ux, vy, vx, my, mx, weight, eps):
+        B, h, w = ct_aug.shape
+        N = ct_neg.shape[0]
+        NQ = N if N > 0 else B
+        f = ct_aug.new_empty
+        return (f((B, NQ)), f((B,)), f((B,)), f((B,)), f((NQ,)), f((B + N, h, w)), f((B, h, w)), f((B, h, w)),
+                f((B, h, w)), f((B, h, h)), f((B, w, w)))
+
+    @torch.library.register_fake("sgc_fast::contrast_lowres_grads")
+    def _contrast_lowres_grads_fake(ct_aug, m, uv, vv, col, ay, ax, weight, eps, *coefs):
+        B = ct_aug.shape[0]
+        return torch.empty_like(ct_aug), torch.empty_like(ct_aug), m.new_empty((m.shape[0] - B, *ct_aug.shape[1:]))
 
     @torch.library.register_fake("sgc_fast::warp_matrices")
     def _warp_matrices_fake(crop, flip, H, W, h, w):

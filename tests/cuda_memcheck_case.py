@@ -109,7 +109,12 @@ def contrast_cases(dev: torch.device) -> None:
     logits = sgc_fast.contrast_logits(co, ca, crop=crop, flip=flip, size=(H, W), backend="cuda")
     torch.autograd.grad(logits.logsumexp(1).sum(), (co, ca))
     torch.cuda.synchronize()
-    print("contrast_logits cgc (warp_matrices): ok")
+    print("contrast_logits cgc (warp_matrices, lowres closed forms): ok")
+    logits = sgc_fast.contrast_logits(co, ca, crop=crop, flip=flip, size=(H, W), neg_cam=neg, self_index=self_index,
+                                      backend="cuda")
+    torch.autograd.grad(logits.logsumexp(1).sum(), (co, ca, neg))
+    torch.cuda.synchronize()
+    print("contrast_logits cgc, separate negatives: ok")
 
 
 def main() -> int:

@@ -1,5 +1,5 @@
 """The native glue ops (csrc/contrast_glue.h: contrast_normalise, contrast_epilogue, contrast_coefficients,
-contrast_unnormalise, warp_matrices) and the Triton glue against the plain-PyTorch glue of sgc_fast/contrast.py, which defines them; and the
+contrast_unnormalise, warp_matrices, contrast_lowres_stats/grads) and the Triton glue against the plain-PyTorch glue of sgc_fast/contrast.py, which defines them; and the
 switch between the two (SGC_FAST_GLUE)."""
 
 from __future__ import annotations
@@ -271,6 +271,45 @@ def test_warp_matrices(impl, H, W, h, w):
     assert_close(vx, ex, rtol=2e-15, atol=2e-15, what="vx")
 
 
+NATIVE_IMPLS = [p for p in IMPLS if p.id.startswith("native")]
+
+
+@pytest.mark.parametrize("impl", NATIVE_IMPLS)
+@pytest.mark.parametrize("frame", ["crop", "crop-neg", "plain", "plain-neg", "b1-neg"])
+def test_lowres_stats_and_grads(impl, frame):
+    """The unmasked closed forms as native ops against contrast.lowres_stats / lowres_grads (same problem)."""
+    from problem import random_crop
+
+    glue, device = _impl(impl)
+    B = 1 if frame.startswith("b1") else 5
+    N = 7 if frame.endswith("neg") else 0
+    h, w, H, W = 5, 3, 29, 13
+    dev = torch.device(device)
+    co, ca = torch.rand(B, h, w, dtype=F64, device=dev), torch.rand(B, h, w, dtype=F64, device=dev)
+    neg = torch.rand(N, h, w, dtype=F64, device=dev) if N else None
+    crop = flip = None
+    if frame.startswith("crop"):
+        crop, flip = (t.to(dev) for t in random_crop(B, H, W))
+    pb_t = contrast.prepare(co, ca, neg, crop, flip, (H, W), 1e-8)  # the PyTorch glue
+    pb_n = contrast.prepare(co, ca, neg, crop, flip, (H, W), 1e-8, torch.float64, glue)
+    want = contrast.TorchGlue.lowres_stats(pb_t)
+    got = glue.lowres_stats(pb_n)
+    for name, a, e in zip(("gram", "pos", "norm_aug", "norm_orig", "norm_neg"), got, want, strict=True):
+        assert a.shape == e.shape and a.dtype == F64, name
+        assert_close(a, e, rtol=1e-13, what=name)
+    NQ = N or B
+    coefs = [torch.randn(B, B, dtype=F64, device=dev), torch.randn(B, N, dtype=F64, device=dev),
+             torch.randn(N, B, dtype=F64, device=dev), torch.randn(N, dtype=F64, device=dev)]
+    coefs += [torch.randn(B, dtype=F64, device=dev) for _ in range(3)]
+    want_g = contrast.TorchGlue.lowres_grads(pb_t, coefs)
+    for pb in (pb_n, contrast.prepare(co, ca, neg, crop, flip, (H, W), 1e-8, torch.float64, glue)):  # memo / none
+        got_g = glue.lowres_grads(pb, coefs)
+        for name, a, e in zip(("g_aug", "g_orig", "g_neg"), got_g, want_g, strict=True):
+            assert a.shape == e.shape and a.dtype == F64, name
+            assert_close(a, e, rtol=1e-13, atol=1e-300, what=name)
+    assert NQ == want[0].shape[1]
+
+
 @needs_cpu_glue
 def test_errors_name_the_argument():
     cam = torch.rand(2, 3, 3)
@@ -306,6 +345,12 @@ def test_opcheck():
     torch.library.opcheck(native.contrast_unnormalise, (g, cam, pb.sum_aug, pb.weight))
     crop = torch.tensor([[0, 0, 19, 11], [3, 2, 5, 4], [1, 1, 1, 1]])
     torch.library.opcheck(native.warp_matrices, (crop, torch.tensor([False, True, True]), 19, 11, 5, 3))
+    lowres_in = (pb.ct_aug, pb.ct_orig, pb.ct_neg, pb.uy, pb.ux, pb.vy, pb.vx, pb.my, pb.mx, pb.weight, 1e-8)
+    torch.library.opcheck(native.contrast_lowres_stats, lowres_in)
+    products = native.contrast_lowres_stats(*lowres_in)[5:]
+    coefs = (torch.randn(3, 3, dtype=F64), torch.randn(3, 4, dtype=F64), torch.randn(4, 3, dtype=F64),
+             torch.randn(4, dtype=F64), torch.randn(3, dtype=F64), torch.randn(3, dtype=F64), torch.randn(3, dtype=F64))
+    torch.library.opcheck(native.contrast_lowres_grads, (pb.ct_aug, *products, pb.weight, 1e-8, *coefs))
 
 
 @needs_cpu_glue

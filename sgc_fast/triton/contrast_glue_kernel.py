@@ -30,7 +30,7 @@ import triton.language as tl
 from ..reference import NORM_EPS
 from .launch import next_pow2
 
-__all__ = ["normalise", "epilogue", "coefficients", "unnormalise", "warp_matrices"]
+__all__ = ["normalise", "epilogue", "coefficients", "unnormalise", "warp_matrices", "lowres_stats", "lowres_grads"]
 
 #: Elements per block of the per-sample passes and of the row/column walks.
 BLOCK = 256
@@ -215,10 +215,23 @@ def _on(device: torch.device):
 
 
 def warp_matrices(crop, flip, size, cam_size):
-    """The CGC warp matrices: the PyTorch form (a one-off of a few dozen small ops per forward)."""
+    """The CGC warp matrices: the PyTorch form (no Triton kernel for these yet)."""
     from ..contrast import TorchGlue
 
     return TorchGlue.warp_matrices(crop, flip, size, cam_size)
+
+
+def lowres_stats(pb):
+    """The unmasked closed form: the PyTorch form (no Triton kernel for it yet)."""
+    from ..contrast import lowres_stats as stats
+
+    return stats(pb)
+
+
+def lowres_grads(pb, coefs):
+    from ..contrast import lowres_grads as grads
+
+    return grads(pb, coefs)
 
 
 def _block(n: int) -> int:
