@@ -24,11 +24,13 @@ gradient w.r.t. ``ct`` (again low-resolution or swept), and :func:`unnormalise_g
 chain to the raw CAMs. The backward itself is not differentiable again.
 
 The functions here are the plain-PyTorch form of this glue (the semantics, and what runs when nothing
-faster is there). The fused backends run it through one of three interchangeable implementations of four
-small ops (:func:`glue`): ``native`` (the extension's ``sgc_fast::contrast_normalise``, ``contrast_epilogue``,
-``contrast_coefficients``, ``contrast_unnormalise``; csrc/contrast_glue.h), ``triton``
-(:mod:`sgc_fast.triton.contrast_glue_kernel`) or ``torch`` (:class:`TorchGlue`, this module) -- one launch each
-in place of ~100 small ATen ops per forward + backward. ``SGC_FAST_GLUE`` = ``native``, ``triton`` or
+faster is there). The fused backends run it through one of three interchangeable implementations
+(:func:`glue`): ``native`` (the extension's ``sgc_fast::contrast_normalise``, ``contrast_epilogue``,
+``contrast_coefficients``, ``contrast_unnormalise``, and for the unmasked problem ``warp_matrices``,
+``contrast_lowres_stats``, ``contrast_lowres_grads``; csrc/contrast_glue.h), ``triton``
+(:mod:`sgc_fast.triton.contrast_glue_kernel`: the first four as Triton kernels) or ``torch`` (:class:`TorchGlue`,
+this module) -- one or two launches each in place of ~100 (SGC) to ~200 (CGC) small ATen ops per forward +
+backward. ``SGC_FAST_GLUE`` = ``native``, ``triton`` or
 ``torch`` overrides the automatic choice (:func:`glue_kind`).
 """
 
