@@ -3,9 +3,14 @@
 # must-run benchmark set (B=256 loss, full pass, sgc and cgc, dense and head, every backend), then more
 # while the budget allows (the glue ablation, kernel launch counts, fwd/bwd split, ResNet-18 shape). Every
 # result lands in $OUT (default ./gpu_results), at most 8 files:
-#   device.txt build.log gpu_tests.log ops.csv bench.log launches.md summary.md
-# Usage: BUDGET=520 bash benchmarks/gpu_check.sh
+#   device.txt build.log gpu_tests.log memcheck.log ops.csv bench.log launches.md summary.md
+# Usage: BUDGET=520 bash benchmarks/gpu_check.sh [all|tests|bench]
+#   tests: build, GPU tests, compute-sanitizer memcheck; bench: build, benchmarks; all (default): build, GPU
+#   tests, benchmarks (no memcheck).
+# Split over two calls on one warm machine, the second build is an incremental no-op (build/ is kept).
 set -uo pipefail
+MODE=${1:-all}
+case "$MODE" in all|tests|bench) ;; *) echo "usage: $0 [all|tests|bench]" >&2; exit 2;; esac
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_results}
 mkdir -p "$OUT"
@@ -32,11 +37,24 @@ grep -iE "warning|error" "$OUT/build.log" | head -20
 $PY -c "import sgc_fast; print(sgc_fast.explain_backends('cuda')); print(sgc_fast.explain_glue('cuda'))" 2>&1 \
   | tee -a "$OUT/summary.md"
 
-stage "GPU tests"
-timeout $(( $(left) * 2 / 5 )) $PY -m pytest -q -m gpu -p no:cacheprovider tests > "$OUT/gpu_tests.log" 2>&1
-echo "pytest exit $?" | tee -a "$OUT/summary.md"
-tail -25 "$OUT/gpu_tests.log"
-grep -E "passed|failed" "$OUT/gpu_tests.log" | tail -1 >> "$OUT/summary.md"
+if [ "$MODE" != bench ]; then
+  stage "GPU tests"
+  share=$([ "$MODE" = tests ] && echo 4 || echo 2)  # fifths of the time left
+  timeout $(( $(left) * share / 5 )) $PY -m pytest -q -m gpu -p no:cacheprovider tests > "$OUT/gpu_tests.log" 2>&1
+  echo "pytest exit $?" | tee -a "$OUT/summary.md"
+  tail -25 "$OUT/gpu_tests.log"
+  grep -E "passed|failed" "$OUT/gpu_tests.log" | tail -1 >> "$OUT/summary.md"
+  if [ "$MODE" = tests ] && [ "$(left)" -gt 60 ] && command -v compute-sanitizer > /dev/null; then
+    stage "compute-sanitizer memcheck (tests/cuda_memcheck_case.py)"
+    timeout $(($(left) - 10)) compute-sanitizer --tool memcheck $PY tests/cuda_memcheck_case.py > "$OUT/memcheck.log" 2>&1
+    echo "memcheck exit $?" | tee -a "$OUT/summary.md"
+    tail -3 "$OUT/memcheck.log" | tee -a "$OUT/summary.md"
+  fi
+fi
+if [ "$MODE" = tests ]; then
+  stage "done"
+  exit 0
+fi
 
 stage "must-run benchmarks: B=256 K=2048 loss, full pass"
 timeout $(($(left) - 20)) $PY benchmarks/bench_ops.py --preset gpu-must --passes full --csv "$OUT/ops.csv" \
