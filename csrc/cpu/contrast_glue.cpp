@@ -298,9 +298,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrast_lowres_grads_cpu(
     const at::Tensor& col_in, const at::Tensor& ay_in, const at::Tensor& ax_in, const at::Tensor& weight_in, double eps,
     const at::Tensor& caa_in, const at::Tensor& caq_in, const at::Tensor& cqa_in, const at::Tensor& cqq_in,
     const at::Tensor& cap_in, const at::Tensor& cpa_in, const at::Tensor& cpp_in) {
-  const int64_t B = ct_aug_in.size(0), h = ct_aug_in.size(1), w = ct_aug_in.size(2), hw = h * w;
   check_lowres_grads(ct_aug_in, m_in, uv_in, vv_in, col_in, ay_in, ax_in, weight_in, caa_in, caq_in, cqa_in, cqq_in,
                      cap_in, cpa_in, cpp_in);
+  const int64_t B = ct_aug_in.size(0), h = ct_aug_in.size(1), w = ct_aug_in.size(2), hw = h * w;
   const int64_t N = m_in.size(0) - B;
   auto c = [](const at::Tensor& t) { return t.contiguous(); };
   const at::Tensor ca = c(ct_aug_in), m = c(m_in), uv = c(uv_in), vv = c(vv_in), col = c(col_in), ay = c(ay_in),

@@ -183,7 +183,7 @@ struct LowresIn {
 };
 
 struct LowresOut {
-  double *m, *uv, *vv, *col, *ay, *ax, *cy, *cx, *t, *r, *pos, *na, *np, *nq;
+  double *m, *uv, *vv, *col, *ay, *ax, *cy, *cx, *cs, *t, *r, *pos, *na, *np, *nq;  // cs: [B, h + w] column sums
 };
 
 __global__ void lowres_prep_kernel(LowresIn in, LowresOut out) {
@@ -222,6 +222,9 @@ __global__ void lowres_prep_kernel(LowresIn in, LowresOut out) {
     axi[e] = glue::gram_entry(in.ux, vxi, in.W, w, w, e / w, e % w);
     cxi[e] = glue::gram_entry(vxi, vxi, in.W, w, w, e / w, e % w);
   }
+  double* csi = out.cs + i * (h + w);  // Vy_i^T 1 then Vx_i^T 1
+  for (int64_t e = threadIdx.x; e < h + w; e += kSampleThreads)
+    csi[e] = e < h ? glue::col_sum(vyi, in.H, h, e) : glue::col_sum(vxi, in.W, w, e - h);
   __syncthreads();
   const double* c_aug = in.ca + i * hw;
   const double* c_orig = in.co + i * hw;
@@ -238,7 +241,7 @@ __global__ void lowres_prep_kernel(LowresIn in, LowresOut out) {
     const double mv = glue::right_entry(t, in.mx, w, a, b, false);
     const double uvv = glue::right_entry(t + hw, axi, w, a, b, false);
     const double vvv = glue::right_entry(t + 2 * hw, cxi, w, a, b, false);
-    const double cl = glue::col_sum(vyi, in.H, h, a) * glue::col_sum(vxi, in.W, w, b);
+    const double cl = csi[a] * csi[h + b];
     out.m[i * hw + e] = mv;
     out.uv[i * hw + e] = uvv;
     out.vv[i * hw + e] = vvv;
@@ -475,7 +478,8 @@ LowresStats contrast_lowres_stats_cuda(const at::Tensor& ct_aug, const at::Tenso
   if (B + N == 0) return {gram, pos, na, np, nq, m, uv, vv, col, ay, ax};
   TORCH_CHECK(B + N <= INT32_MAX, "ct_aug: batch too large (", B + N, ")");
   at::Tensor cy = at::empty({std::max<int64_t>(B, 1), h, h}, opts), cx = at::empty({std::max<int64_t>(B, 1), w, w}, opts),
-             t = at::empty({B + N, 3, hw}, opts), r = at::empty({B + N}, opts);
+             cs = at::empty({std::max<int64_t>(B, 1), h + w}, opts), t = at::empty({B + N, 3, hw}, opts),
+             r = at::empty({B + N}, opts);
   const LowresIn in{ca.const_data_ptr<double>(), co.const_data_ptr<double>(), cq.const_data_ptr<double>(),
                     uy.const_data_ptr<double>(), ux.const_data_ptr<double>(), vy.const_data_ptr<double>(),
                     vx.const_data_ptr<double>(), my.const_data_ptr<double>(), mx.const_data_ptr<double>(),
@@ -483,7 +487,8 @@ LowresStats contrast_lowres_stats_cuda(const at::Tensor& ct_aug, const at::Tenso
                     vy.size(0) > 1};
   const LowresOut out{m.mutable_data_ptr<double>(), uv.mutable_data_ptr<double>(), vv.mutable_data_ptr<double>(),
                       col.mutable_data_ptr<double>(), ay.mutable_data_ptr<double>(), ax.mutable_data_ptr<double>(),
-                      cy.mutable_data_ptr<double>(), cx.mutable_data_ptr<double>(), t.mutable_data_ptr<double>(),
+                      cy.mutable_data_ptr<double>(), cx.mutable_data_ptr<double>(), cs.mutable_data_ptr<double>(),
+                      t.mutable_data_ptr<double>(),
                       r.mutable_data_ptr<double>(), pos.mutable_data_ptr<double>(), na.mutable_data_ptr<double>(),
                       np.mutable_data_ptr<double>(), nq.mutable_data_ptr<double>()};
   auto stream = at::cuda::getCurrentCUDAStream();
