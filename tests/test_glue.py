@@ -271,10 +271,7 @@ def test_warp_matrices(impl, H, W, h, w):
     assert_close(vx, ex, rtol=2e-15, atol=2e-15, what="vx")
 
 
-NATIVE_IMPLS = [p for p in IMPLS if p.id.startswith("native")]
-
-
-@pytest.mark.parametrize("impl", NATIVE_IMPLS)
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("frame", ["crop", "crop-neg", "plain", "plain-neg", "b1-neg"])
 def test_lowres_stats_and_grads(impl, frame):
     """The unmasked closed forms as native ops against contrast.lowres_stats / lowres_grads (same problem)."""

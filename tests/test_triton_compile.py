@@ -1,4 +1,4 @@
-"""The Triton glue kernels compile for Hopper (sm_90) without a GPU: ahead-of-time ``triton.compile`` down to a
+"""The Triton glue kernels (contrast_glue_kernel, contrast_lowres_kernel) compile for Hopper (sm_90) without a GPU: ahead-of-time ``triton.compile`` down to a
 cubin (Triton's bundled ptxas), for every constexpr branch and pointer dtype they are launched with. The
 interpreter (tests/triton_interpret_cases.py) checks their values but accepts code the GPU compiler rejects;
 this catches that on machines without a GPU."""
@@ -12,16 +12,17 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from sgc_fast.triton import contrast_glue_kernel as glue  # noqa: E402
+from sgc_fast.triton import contrast_lowres_kernel as lowres  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 
 
-def _compile(kernel, signature: dict, constexprs: dict):
+def _compile(kernel, signature: dict, constexprs: dict, num_warps: int = glue.NUM_WARPS):
     sig = dict(signature)
     sig.update({name: "constexpr" for name in constexprs})
     assert list(sig) == kernel.arg_names, "signature out of date with the kernel's arguments"
     src = ASTSource(kernel, sig, constexprs={(kernel.arg_names.index(n),): v for n, v in constexprs.items()})
-    out = triton.compile(src, target=TARGET, options={"num_warps": glue.NUM_WARPS})
+    out = triton.compile(src, target=TARGET, options={"num_warps": num_warps})
     assert len(out.asm["cubin"]) > 0
 
 
@@ -46,3 +47,27 @@ def test_epilogue_and_coefficients_compile(separate, has_self, ty):
                                          "self_ptr": "*i64" if has_self else "*" + ty, "scal_ptr": "*fp64", **coefs,
                                          "B": "i32", "NQ": "i32", "ncols": "i32"},
              {"SEPARATE": separate, "HAS_SELF": has_self, "BLOCK": 256})
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_warp_kernel_compiles(flip):
+    _compile(lowres._warp_kernel, {"crop_ptr": "*i64", "flip_ptr": "*i1", "out_ptr": "*fp64", "n": "i32", "m": "i32"},
+             {"AXIS": int(flip), "FLIP": flip, "BLOCK": lowres.WARP_BLOCK}, lowres.NUM_WARPS)
+
+
+@pytest.mark.parametrize("warped", [False, True])
+@pytest.mark.parametrize("side", [8, 16])
+def test_lowres_kernels_compile(warped, side):
+    names = ["ca", "co", "cq", "uy", "ux", "vy", "vx", "my", "mx", "wt", "scal", "m", "uv", "vv", "col", "ay", "ax",
+             "r", "pos", "na", "np", "nq"]
+    sig = {f"{n}_ptr": "*fp64" for n in names}
+    sig.update({"B": "i32", "h": "i32", "w": "i32", "H": "i32", "W": "i32"})
+    _compile(lowres._lowres_prep_kernel, sig, {"WARPED": warped, "BH": side, "BW": side}, lowres.NUM_WARPS)
+    sig = {f"{n}_ptr": "*fp64" for n in ("m", "cols", "r", "rc", "na", "scal", "gram", "nq")}
+    sig.update({"NQ": "i32", "hw": "i32"})
+    _compile(lowres._lowres_gram_kernel, sig, {"SEPARATE": warped, "BLOCK": side * side}, lowres.NUM_WARPS)
+    names = ["ca", "m", "uv", "vv", "col", "ay", "ax", "wt", "scal", "caa", "caq", "cqa", "cqq", "cap", "cpa", "cpp",
+             "ga", "go", "gq"]
+    sig = {f"{n}_ptr": "*fp64" for n in names}
+    sig.update({"B": "i32", "N": "i32", "h": "i32", "w": "i32"})
+    _compile(lowres._lowres_grads_kernel, sig, {"BH": side, "BW": side}, lowres.NUM_WARPS)

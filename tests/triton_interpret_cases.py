@@ -392,3 +392,32 @@ def test_contrast_logits_with_triton_glue(monkeypatch, method):
         kw["neg_mask"] = random_mask(4, H, W)
         kw["self_index"] = torch.tensor([1, -1, 3])
     _check_contrast(_cams(B, h, w, F64), _cams(B, h, w, F64), F64, **kw)
+
+
+@pytest.mark.parametrize("N,crop", [(0, True), (3, True), (0, False), (2, False)])
+def test_triton_lowres_matches_torch(N, crop):
+    """Warp matrices and the unmasked closed forms (stats, gradients with and without the forward's products)."""
+    from sgc_fast import contrast, interp
+    from sgc_fast.triton import contrast_lowres_kernel as lk
+
+    B, h, w, H, W = 4, 5, 3, 29, 13
+    box, flip = random_crop(B, H, W)
+    vy, vx = lk.warp_matrices(box, flip, (H, W), (h, w))
+    ey, ex = interp.warp_matrices(box, flip, (H, W), (h, w), F64)
+    assert_close(vy, ey, 2e-15, atol=2e-15, what="vy")
+    assert_close(vx, ex, 2e-15, atol=2e-15, what="vx")
+    co, ca = torch.rand(B, h, w, dtype=F64), torch.rand(B, h, w, dtype=F64)
+    neg = torch.rand(N, h, w, dtype=F64) if N else None
+    frame = (box, flip) if crop else (None, None)
+    pb_t = contrast.prepare(co, ca, neg, *frame, (H, W), 1e-8)
+    pb = contrast.prepare(co, ca, neg, *frame, (H, W), 1e-8)
+    for name, a, e in zip(("gram", "pos", "na", "np", "nq"), lk.lowres_stats(pb), contrast.lowres_stats(pb_t),
+                          strict=True):
+        assert_close(a, e, 1e-13, what=name)
+    coefs = [torch.randn(B, B, dtype=F64), torch.randn(B, N, dtype=F64), torch.randn(N, B, dtype=F64),
+             torch.randn(N, dtype=F64)] + [torch.randn(B, dtype=F64) for _ in range(3)]
+    want = contrast.lowres_grads(pb_t, coefs)
+    for p in (pb, contrast.prepare(co, ca, neg, *frame, (H, W), 1e-8)):  # with the forward's products, without
+        for name, a, e in zip(("g_aug", "g_orig", "g_neg"), lk.lowres_grads(p, coefs), want, strict=True):
+            assert a.shape == e.shape
+            assert_close(a, e, 1e-13, atol=1e-300, what=name)

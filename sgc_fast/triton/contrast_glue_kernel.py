@@ -215,23 +215,23 @@ def _on(device: torch.device):
 
 
 def warp_matrices(crop, flip, size, cam_size):
-    """The CGC warp matrices: the PyTorch form (no Triton kernel for these yet)."""
-    from ..contrast import TorchGlue
+    """The CGC warp matrices (:mod:`.contrast_lowres_kernel`)."""
+    from . import contrast_lowres_kernel
 
-    return TorchGlue.warp_matrices(crop, flip, size, cam_size)
+    return contrast_lowres_kernel.warp_matrices(crop, flip, size, cam_size)
 
 
 def lowres_stats(pb):
-    """The unmasked closed form: the PyTorch form (no Triton kernel for it yet)."""
-    from ..contrast import lowres_stats as stats
+    """The unmasked closed form (:mod:`.contrast_lowres_kernel`)."""
+    from . import contrast_lowres_kernel
 
-    return stats(pb)
+    return contrast_lowres_kernel.lowres_stats(pb)
 
 
 def lowres_grads(pb, coefs):
-    from ..contrast import lowres_grads as grads
+    from . import contrast_lowres_kernel
 
-    return grads(pb, coefs)
+    return contrast_lowres_kernel.lowres_grads(pb, coefs)
 
 
 def _block(n: int) -> int:
