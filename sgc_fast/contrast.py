@@ -28,7 +28,8 @@ faster is there). The fused backends run it through one of three interchangeable
 (:func:`glue`): ``native`` (the extension's ``sgc_fast::contrast_normalise``, ``contrast_epilogue``,
 ``contrast_coefficients``, ``contrast_unnormalise``, and for the unmasked problem ``warp_matrices``,
 ``contrast_lowres_stats``, ``contrast_lowres_grads``; csrc/contrast_glue.h), ``triton``
-(:mod:`sgc_fast.triton.contrast_glue_kernel`: the first four as Triton kernels) or ``torch`` (:class:`TorchGlue`,
+(:mod:`sgc_fast.triton.contrast_glue_kernel`, :mod:`sgc_fast.triton.contrast_lowres_kernel`: the same ops as
+Triton kernels) or ``torch`` (:class:`TorchGlue`,
 this module) -- one or two launches each in place of ~100 (SGC) to ~200 (CGC) small ATen ops per forward +
 backward. ``SGC_FAST_GLUE`` = ``native``, ``triton`` or
 ``torch`` overrides the automatic choice (:func:`glue_kind`).
