@@ -1,4 +1,5 @@
-"""The Triton glue kernels (contrast_glue_kernel, contrast_lowres_kernel) compile for Hopper (sm_90) without a GPU: ahead-of-time ``triton.compile`` down to a
+"""The Triton glue kernels (contrast_glue_kernel, contrast_lowres_kernel, and the sweep's finishing kernels)
+compile for Hopper (sm_90) without a GPU: ahead-of-time ``triton.compile`` down to a
 cubin (Triton's bundled ptxas), for every constexpr branch and pointer dtype they are launched with. The
 interpreter (tests/triton_interpret_cases.py) checks their values but accepts code the GPU compiler rejects;
 this catches that on machines without a GPU."""
@@ -13,6 +14,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from sgc_fast.triton import contrast_glue_kernel as glue  # noqa: E402
 from sgc_fast.triton import contrast_lowres_kernel as lowres  # noqa: E402
+from sgc_fast.triton import contrast_sweep_kernel as sweep  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 
@@ -71,3 +73,15 @@ def test_lowres_kernels_compile(warped, side):
     sig = {f"{n}_ptr": "*fp64" for n in names}
     sig.update({"B": "i32", "N": "i32", "h": "i32", "w": "i32"})
     _compile(lowres._lowres_grads_kernel, sig, {"BH": side, "BW": side}, lowres.NUM_WARPS)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("ty", ["fp32", "fp64"])
+def test_sweep_finish_kernels_compile(symmetric, ty):
+    sig = {"gram_part_ptr": "*" + ty, "norm_part_ptr": "*" + ty, "neg_part_ptr": "*" + ty}
+    sig.update({f"{n}_ptr": "*fp64" for n in ("gram", "pos", "na", "np", "nq")})
+    sig.update({n: "i32" for n in ("B", "NQ", "gram_chunks", "norm_chunks", "neg_chunks")})
+    _compile(sweep._stats_finish_kernel, sig, {"SYMMETRIC": symmetric, "BLOCK": sweep.FINISH_BLOCK}, 4)
+    sig = {"m_ptr": "*" + ty, "sm_b": "i32", "r1_ptr": "*" + ty, "r2_ptr": "*" + ty, "out_ptr": "*fp64",
+           "H": "i32", "n": "i32", "h": "i32", "w": "i32"}
+    _compile(sweep._y_adjoint_kernel, sig, {"HAS_R2": symmetric, "BLOCK": 64}, 4)

@@ -22,13 +22,15 @@ view uses the same path when it is not warped; a per-sample warp V_i (CGC crop) 
 - ``_gram_kernel``: program (row block, column block, row chunk) accumulates the Gram block
   ``tl.dot(A_rows, A_cols^T)`` over its chunk's tiles (IEEE fp32 by default); without separate negatives only
   blocks on or above the diagonal are computed (the others store zeros). Per-chunk partials [chunks, B, Nq]
-  are summed by torch in float64, in chunk order (deterministic, no atomics).
+  and those of the norms are summed in float64, in chunk order, by ``_stats_finish_kernel`` (one launch that
+  also mirrors the upper triangle; deterministic, no atomics).
 - ``_norms_kernel``: program (sample block, row chunk): |a|^2, a.p, |p|^2 (or |q|^2) per sample.
 - ``_field_grad_kernel`` (backward, O(B Nq H W)): program (row block, row chunk) forms the field tile of its
   samples, ``sum_j C[i, j] S_j`` (tl.dot of a coefficient block with regenerated tiles of every column block)
   plus an optional diagonal self term, masks it, and applies the adjoint of the x-interpolation as
   ``tl.dot(field, Ux[X, :])``; it writes that row's [B, w] partial (the adjoint as a gather: nothing is
-  scattered, no atomics). The y-adjoint ``g[i,y,x] = sum_Y Uy[Y,y] r[Y,i,x]`` is a small float64 einsum.
+  scattered, no atomics). The y-adjoint ``g[i,y,x] = sum_Y Uy[Y,y] r[Y,i,x]`` is ``_y_adjoint_kernel``
+  (float64, one launch per gradient, adding the two row partials of dA on the way).
 - ``_pos_grad_kernel`` (backward, O(B H W)): the c_ap P term of dA and the field dP through V_i, the same way.
 Backward recomputes every tile from the CAMs (nothing of size H x W is saved between the passes).
 float64 maps run the same kernels with the products as broadcast sums in small tiles (_FLOAT64_CONFIG).
@@ -378,6 +380,90 @@ def _pos_grad_kernel(
 # ----------------------------------------------------------------------------------------------------------------
 
 
+@triton.jit
+def _stats_finish_kernel(
+    gram_part_ptr,  # [gram_chunks, B, NQ]
+    norm_part_ptr,  # [norm_chunks, 3, B]: |a|^2, a.p, |p|^2
+    neg_part_ptr,  # [neg_chunks, 3, NQ] (separate negatives; channel 0 is |q|^2)
+    gram_ptr, pos_ptr, na_ptr, np_ptr, nq_ptr,
+    B, NQ, gram_chunks, norm_chunks, neg_chunks,
+    SYMMETRIC: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # The float64 sums over chunks of every partial, in chunk order, into the five stats; without separate
+    # negatives only the Gram blocks on or above the diagonal were computed: the lower triangle mirrors them and
+    # the diagonal is |a|^2.
+    e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    B = tl.cast(B, tl.int64)  # (B >= 1: the caller handles an empty batch)
+    NQ = tl.cast(NQ, tl.int64)
+    n_gram = B * NQ
+    ok = e < n_gram + 3 * B + NQ
+    in_gram = e < n_gram
+    i = e // NQ
+    j = e - i * NQ
+    # Output layout after the Gram: pos [B], |a|^2 [B], |p|^2 [B] (norm channels 1, 0, 2), then |q|^2 [NQ].
+    f = e - n_gram
+    in_norm = ok & (f >= 0) & (f < 3 * B)
+    reg = tl.where(in_norm, f // B, 0)
+    idx = tl.where(in_norm, f - reg * B, 0)
+    ch = tl.where(reg == 0, 1, tl.where(reg == 1, 0, 2))
+    k = f - 3 * B
+    in_q = ok & (k >= 0)
+    if SYMMETRIC:
+        diag = in_gram & (i == j)
+        a = tl.minimum(i, j)
+        b = tl.maximum(i, j)
+        from_norms = in_norm | diag | in_q  # the diagonal and |q|^2 are |a|^2
+        from_neg = in_q & (k < 0)
+    else:
+        diag = in_gram & (i < 0)
+        a = i
+        b = j
+        from_norms = in_norm
+        from_neg = in_q
+    idx = tl.where(diag, i, tl.where(in_q, k, idx))
+    ch = tl.where(diag | in_q, 0, ch)
+    from_gram = in_gram & ~diag
+    acc = tl.zeros([BLOCK], dtype=tl.float64)
+    for c in range(0, gram_chunks):
+        acc += tl.load(gram_part_ptr + (c * B + a) * NQ + b, mask=from_gram, other=0.0).to(tl.float64)
+    for c in range(0, norm_chunks):
+        acc += tl.load(norm_part_ptr + (c * 3 + ch) * B + idx, mask=from_norms, other=0.0).to(tl.float64)
+    for c in range(0, neg_chunks):
+        acc += tl.load(neg_part_ptr + (c * 3) * NQ + k, mask=from_neg, other=0.0).to(tl.float64)
+    tl.store(gram_ptr + e, acc, mask=in_gram)
+    tl.store(pos_ptr + f, acc, mask=in_norm & (f < B))
+    tl.store(na_ptr + (f - B), acc, mask=in_norm & (f >= B) & (f < 2 * B))
+    tl.store(np_ptr + (f - 2 * B), acc, mask=in_norm & (f >= 2 * B))
+    tl.store(nq_ptr + k, acc, mask=in_q)
+
+
+@triton.jit
+def _y_adjoint_kernel(
+    m_ptr, sm_b,  # M [B or 1, H, h] (sm_b: its sample stride, 0 when shared)
+    r1_ptr, r2_ptr,  # [H, n, w] row partials (r2 added when HAS_R2)
+    out_ptr,  # [n, h, w] float64
+    H, n, h, w,
+    HAS_R2: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # out[i, y, x] = sum_Y M[i, Y, y] (r1[Y, i, x] + r2[Y, i, x]), in float64: the adjoint of the y-interpolation.
+    i = tl.program_id(0).to(tl.int64)
+    n = tl.cast(n, tl.int64)
+    h = tl.cast(h, tl.int64)
+    w = tl.cast(w, tl.int64)
+    e = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = e < h * w
+    y = e // w
+    x = e - y * w
+    acc = tl.zeros([BLOCK], dtype=tl.float64)
+    for Y in range(0, H):
+        mv = tl.load(m_ptr + i * sm_b + Y * h + y, mask=ok, other=0.0).to(tl.float64)
+        rv = tl.load(r1_ptr + (Y * n + i) * w + x, mask=ok, other=0.0).to(tl.float64)
+        if HAS_R2:
+            rv += tl.load(r2_ptr + (Y * n + i) * w + x, mask=ok, other=0.0).to(tl.float64)
+        acc += mv * rv
+    tl.store(out_ptr + i * h * w + e, acc, mask=ok)
+
+
 def _check_inputs(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask) -> None:
     torch._check(cam_aug.dim() == 3 and cam_orig.shape == cam_aug.shape,
                  lambda: f"cam_orig: shape {list(cam_orig.shape)} does not match cam_aug {list(cam_aug.shape)}")
@@ -438,7 +524,8 @@ def _blocks(n: int) -> int:
     return triton.cdiv(max(n, 1), _SIZING_BLOCK_B)
 
 
-def _norms(g: _Geometry, ct, mask, has_p: bool):
+def _norm_parts(g: _Geometry, ct, mask, has_p: bool):
+    """Per-chunk partial sums [chunks, 3, n] of |a|^2, a.p, |p|^2 (|q|^2 in channel 0 without p)."""
     n = ct.shape[0]
     n_chunks, rows = g.chunks(triton.cdiv(n, 16))
     part = ct.new_empty((n_chunks, 3, n))
@@ -447,8 +534,17 @@ def _norms(g: _Geometry, ct, mask, has_p: bool):
         part, ct, mask, *mask.stride(), n, g.ct_orig, g.vy, g.svy, g.vx, g.svx, *g.geometry_args(), rows,
         HAS_P=has_p, WARPED=g.warped, W_DOT=g.w_dot, W_P2=g.w_p, PRECISION=DOT_PRECISION,
     )
+    return part
+
+
+def _norms(g: _Geometry, ct, mask, has_p: bool):
+    part = _norm_parts(g, ct, mask, has_p)
     # One reduction per statistic: a custom op's outputs must not share storage.
     return [part[:, k].sum(0, dtype=torch.float64) for k in range(3)]
+
+
+#: Outputs per program of the finishing kernel.
+FINISH_BLOCK = 256
 
 
 def contrast_sweep(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask, eps):
@@ -456,6 +552,8 @@ def contrast_sweep(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask, e
     _check_inputs(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask)
     g = _Geometry(cam_aug, cam_orig, uy, ux, vy, vx, neg_cam, eps)
     B, separate = g.B, g.N > 0
+    if B > 0:
+        return _sweep_stats(g, mask, neg_mask)
     norm_aug, pos, norm_orig = _norms(g, g.ct_aug, mask, True)
     if separate:
         ct_c, mask_c, NQ = g.ct_neg, neg_mask, g.N
@@ -481,6 +579,50 @@ def contrast_sweep(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask, e
     return gram, pos, norm_aug, norm_orig, norm_neg
 
 
+def _sweep_stats(g: _Geometry, mask, neg_mask):
+    """The forward for B >= 1: norm and Gram partials, then one launch sums them into the five stats."""
+    B, separate = g.B, g.N > 0
+    norm_part = _norm_parts(g, g.ct_aug, mask, True)
+    if separate:
+        ct_c, mask_c, NQ = g.ct_neg, neg_mask, g.N
+        n_pairs = _blocks(B) * _blocks(NQ)
+        neg_part = _norm_parts(g, g.ct_neg, neg_mask, False)
+    else:
+        ct_c, mask_c, NQ = g.ct_aug, mask, B
+        n_pairs = _blocks(B) * (_blocks(B) + 1) // 2
+        neg_part = norm_part  # not read
+    n_chunks, rows = g.chunks(n_pairs)
+    part = g.ct_aug.new_empty((n_chunks, B, NQ))
+    grid = lambda meta: (triton.cdiv(B, meta["BLOCK_B"]) * triton.cdiv(NQ, meta["BLOCK_B"]), n_chunks)  # noqa: E731
+    launcher(_gram_kernel)[grid](
+        part, g.ct_aug, mask, *mask.stride(), B, ct_c, mask_c, *mask_c.stride(), NQ, *g.geometry_args(), rows,
+        SYMMETRIC=not separate, REUSE_DIAG=REUSE_DIAGONAL_TILE, W_DOT=g.w_dot, PRECISION=DOT_PRECISION,
+    )
+    f = lambda *shape: g.ct_aug.new_empty(shape, dtype=torch.float64)  # noqa: E731
+    gram, pos, norm_aug, norm_orig, norm_neg = f(B, NQ), f(B), f(B), f(B), f(NQ)
+    total = B * NQ + 3 * B + NQ
+    launcher(_stats_finish_kernel)[(triton.cdiv(total, FINISH_BLOCK),)](
+        part, norm_part, neg_part, gram, pos, norm_aug, norm_orig, norm_neg, B, NQ, part.shape[0],
+        norm_part.shape[0], neg_part.shape[0] if separate else 0, SYMMETRIC=not separate, BLOCK=FINISH_BLOCK,
+    )
+    return gram, pos, norm_aug, norm_orig, norm_neg
+
+
+def _y_adjoint_rows(m: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor | None = None) -> torch.Tensor:
+    """g[i, y, x] = sum_Y M[i or 0, Y, y] (r1 + r2)[Y, i, x] in float64, one launch (``m`` [H, h] or
+    [1 or B, H, h]; ``r1``, ``r2`` [H, n, w] contiguous)."""
+    H, n, w = r1.shape
+    h = m.shape[-1]
+    sm_b = H * h if m.dim() == 3 and m.shape[0] > 1 else 0
+    out = r1.new_empty((n, h, w), dtype=torch.float64)
+    if n and h * w:
+        blk = min(256, next_pow2(h * w, 16))
+        launcher(_y_adjoint_kernel)[(n, triton.cdiv(h * w, blk))](
+            m.contiguous(), sm_b, r1, r2 if r2 is not None else r1, out, H, n, h, w, HAS_R2=r2 is not None, BLOCK=blk,
+        )
+    return out
+
+
 def _field_rows(g: _Geometry, ct_r, mask_r, ct_c, mask_c, coef, self_coef):
     """x-adjoint rows [H, n_r, w] of mask_r . (coef @ tiles_c + self_coef . tiles_r)."""
     n_r, n_c = ct_r.shape[0], ct_c.shape[0]
@@ -497,17 +639,6 @@ def _field_rows(g: _Geometry, ct_r, mask_r, ct_c, mask_c, coef, self_coef):
     return out
 
 
-def _y_adjoint(my: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """g[i, y, x] = sum_Y My[i or 0, Y, y] r[Y, i, x] in float64 (``my`` [H, h] or [1 or B, H, h])."""
-    r = r.to(torch.float64)
-    my = my.to(torch.float64)
-    if my.dim() == 2:
-        return torch.einsum("Yy,Yix->iyx", my, r)
-    if my.shape[0] == 1:
-        return torch.einsum("Yy,Yix->iyx", my[0], r)
-    return torch.einsum("iYy,Yix->iyx", my, r)
-
-
 def contrast_sweep_backward(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask, eps,
                             coef_aa, coef_aq, coef_qa, coef_qq, coef_ap, coef_pa, coef_pp):
     """Gradients (float64) w.r.t. (ct_aug [B,h,w], ct_orig [B,h,w], ct_neg [N,h,w]) of the fields."""
@@ -518,7 +649,7 @@ def contrast_sweep_backward(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, ne
         # With separate negatives C_aa is diagonal (sgc_fast.contrast.coefficients): a self term.
         r_aug = _field_rows(g, g.ct_aug, mask, g.ct_neg, neg_mask, coef_aq, coef_aa.diagonal())
         r_neg = _field_rows(g, g.ct_neg, neg_mask, g.ct_aug, mask, coef_qa, coef_qq)
-        grad_neg = _y_adjoint(g.uy, r_neg)
+        grad_neg = _y_adjoint_rows(g.uy, r_neg)
     else:
         r_aug = _field_rows(g, g.ct_aug, mask, g.ct_aug, mask, coef_aa, None)
         grad_neg = g.ct_neg.new_zeros(g.ct_neg.shape, dtype=torch.float64)
@@ -531,8 +662,8 @@ def contrast_sweep_backward(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, ne
         coef_ap.to(dt).contiguous(), coef_pa.to(dt).contiguous(), coef_pp.to(dt).contiguous(),
         *g.geometry_args(), rows, WARPED=g.warped, W_DOT=g.w_dot, W_P2=g.w_p, PRECISION=DOT_PRECISION,
     )
-    grad_aug = _y_adjoint(g.uy, r_aug.to(torch.float64) + ra.to(torch.float64))
-    grad_orig = _y_adjoint(g.vy, rp)
+    grad_aug = _y_adjoint_rows(g.uy, r_aug, ra)
+    grad_orig = _y_adjoint_rows(g.vy, rp)
     return grad_aug, grad_orig, grad_neg
 
 
