@@ -44,10 +44,13 @@ field kernel 0.58 ms, norms 0.1 ms, pos 0.13 ms.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
+from ..interp import cacheable
 from .launch import DOT_MIN, launcher, next_pow2, split_count, tuned
 
 __all__ = ["contrast_sweep", "contrast_sweep_backward"]
@@ -489,6 +492,12 @@ def _check_inputs(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask) ->
         torch._check(t.dtype == dt, lambda name=name, t=t: f"{name}: expected the dtype of cam_aug ({dt}), got {t.dtype}")
 
 
+@functools.lru_cache(maxsize=32)
+def _eps_tensor(eps: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``eps`` as a one-element tensor (kernels read it in their own dtype); cached, read-only."""
+    return torch.full((1,), eps, dtype=dtype, device=device)
+
+
 class _Geometry:
     """Launch arguments shared by the kernels (contiguous CAMs and matrices, sizes, padded widths)."""
 
@@ -503,7 +512,10 @@ class _Geometry:
         self.H, self.W = uy.shape[0], ux.shape[0]
         self.svy = self.H * self.h if vy.shape[0] > 1 else 0
         self.svx = self.W * self.w if vx.shape[0] > 1 else 0
-        self.eps = torch.full((1,), float(eps), dtype=cam_aug.dtype, device=cam_aug.device)
+        if cacheable() and type(cam_aug) is torch.Tensor:
+            self.eps = _eps_tensor(float(eps), cam_aug.dtype, cam_aug.device)
+        else:  # traced (torch.compile, fake tensors): no cached real tensors
+            self.eps = torch.full((1,), float(eps), dtype=cam_aug.dtype, device=cam_aug.device)
         self.w_dot = next_pow2(self.w, DOT_MIN)
         # The original view: per-sample warp (3-D broadcasts, width w_p2) or the shared upsampling (tl.dot).
         self.warped = vy.shape[0] > 1
