@@ -77,6 +77,18 @@ def _degenerate(stats, separate):
     return [gram, pos, na, np_, nq]
 
 
+def _stats_case(B, N, self_index, degenerate, impl):
+    """(glue, device, problem, stats, self_index) of one parametrised case."""
+    if self_index and not N:
+        pytest.skip("self_index needs separate negatives")
+    glue, device = _impl(impl)
+    pb, stats = _problem(B, N, device=device)
+    if degenerate:
+        stats = _degenerate(stats, pb.separate)
+    idx = torch.randint(-1, N, (B,), device=device) if self_index else None
+    return glue, device, pb, stats, idx
+
+
 CASES = [(2, 0), (5, 0), (4, 3), (3, 7), (37, 0), (33, 70)]  # (B, N); > 32: several lanes per warp on a GPU
 
 
@@ -111,13 +123,7 @@ def test_normalise_strided(impl):
 @pytest.mark.parametrize("out_dtype", [torch.float32, F64])
 @pytest.mark.parametrize("impl", IMPLS)
 def test_epilogue(B, N, self_index, degenerate, out_dtype, impl):
-    if self_index and not N:
-        pytest.skip("self_index needs separate negatives")
-    glue, device = _impl(impl)
-    pb, stats = _problem(B, N, device=device)
-    if degenerate:
-        stats = _degenerate(stats, pb.separate)
-    idx = torch.randint(-1, N, (B,), device=device) if self_index else None
+    glue, device, pb, stats, idx = _stats_case(B, N, self_index, degenerate, impl)
     logits, packed = glue.epilogue(stats, idx, pb.separate, 0.3, out_dtype)
     expect = contrast.logits_from_stats(stats, pb.separate, idx, 0.3, out_dtype)
     assert logits.dtype == out_dtype and logits.shape == expect.shape
@@ -133,13 +139,7 @@ def test_epilogue(B, N, self_index, degenerate, out_dtype, impl):
 @pytest.mark.parametrize("grad_dtype", [torch.float32, F64])
 @pytest.mark.parametrize("impl", IMPLS)
 def test_coefficients(B, N, self_index, degenerate, grad_dtype, impl):
-    if self_index and not N:
-        pytest.skip("self_index needs separate negatives")
-    glue, device = _impl(impl)
-    pb, stats = _problem(B, N, device=device)
-    if degenerate:
-        stats = _degenerate(stats, pb.separate)
-    idx = torch.randint(-1, N, (B,), device=device) if self_index else None
+    glue, device, pb, stats, idx = _stats_case(B, N, self_index, degenerate, impl)
     grad = torch.randn(B, 1 + (N if N else B - 1), dtype=grad_dtype, device=device)
     got = glue.coefficients(ops.pack_stats(stats), grad, idx, pb.separate, 0.7)
     c_aa, c_aq, c_qa, c_qq, c_ap, c_pa, c_pp = contrast.coefficients(stats, pb.separate, grad, idx, 0.7)

@@ -282,6 +282,22 @@ def test_sweep_matches_cpp(separate):
         assert_close(a, e, 1e-12, what=name)
 
 
+def test_sweep_empty_batch_with_negatives():
+    """B = 0 rows, N = 2 separate negatives: empty stats but the negatives' squared norms."""
+    from sgc_fast import contrast
+    from sgc_fast.triton.contrast_sweep_kernel import contrast_sweep
+
+    h, w, H, W = 5, 3, 11, 9
+    e = torch.empty(0, h, w, dtype=F64)
+    pb = contrast.prepare(e, e, torch.rand(2, h, w, dtype=F64), None, None, (H, W), 1e-8)
+    args = ops._sweep_args(pb, torch.zeros(0, H, W, dtype=torch.uint8), random_mask(2, H, W).view(torch.uint8), F64)
+    got, want = contrast_sweep(*args), torch.ops.sgc_fast.contrast_sweep(*args)
+    for name, a, b in zip(("gram", "pos", "norm_aug", "norm_orig", "norm_neg"), got, want, strict=True):
+        assert a.shape == b.shape, name
+        assert_close(a, b, 1e-13, what=name)
+    assert len({t.data_ptr() for t in got if t.numel()}) == sum(1 for t in got if t.numel())
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The float64 glue in Triton (sgc_fast/triton/contrast_glue_kernel.py) against the PyTorch glue
 # ----------------------------------------------------------------------------------------------------------------

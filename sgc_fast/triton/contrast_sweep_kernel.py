@@ -563,32 +563,12 @@ def contrast_sweep(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask, e
     """(gram [B, Nq], pos [B], |a|^2 [B], |p|^2 [B], |q|^2 [Nq]), float64; see the module docstring."""
     _check_inputs(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, neg_mask)
     g = _Geometry(cam_aug, cam_orig, uy, ux, vy, vx, neg_cam, eps)
-    B, separate = g.B, g.N > 0
-    if B > 0:
+    if g.B > 0:
         return _sweep_stats(g, mask, neg_mask)
-    norm_aug, pos, norm_orig = _norms(g, g.ct_aug, mask, True)
-    if separate:
-        ct_c, mask_c, NQ = g.ct_neg, neg_mask, g.N
-        n_pairs = _blocks(B) * _blocks(NQ)
-    else:
-        ct_c, mask_c, NQ = g.ct_aug, mask, B
-        n_pairs = _blocks(B) * (_blocks(B) + 1) // 2
-    n_chunks, rows = g.chunks(n_pairs)
-    part = g.ct_aug.new_empty((n_chunks, B, NQ))
-    grid = lambda meta: (triton.cdiv(B, meta["BLOCK_B"]) * triton.cdiv(NQ, meta["BLOCK_B"]), n_chunks)  # noqa: E731
-    launcher(_gram_kernel)[grid](
-        part, g.ct_aug, mask, *mask.stride(), B, ct_c, mask_c, *mask_c.stride(), NQ, *g.geometry_args(), rows,
-        SYMMETRIC=not separate, REUSE_DIAG=REUSE_DIAGONAL_TILE, W_DOT=g.w_dot, PRECISION=DOT_PRECISION,
-    )
-    gram = part.sum(0, dtype=torch.float64)
-    if separate:
-        norm_neg = _norms(g, g.ct_neg, neg_mask, False)[0]
-    else:
-        # Entries above the diagonal were computed; mirror them, and take |a|^2 as the diagonal.
-        upper = torch.triu(gram, 1)
-        gram = upper + upper.T + torch.diag(norm_aug)
-        norm_neg = norm_aug.clone()
-    return gram, pos, norm_aug, norm_orig, norm_neg
+    # No rows: only the separate negatives' norms are left to compute (outputs must not share storage).
+    f = lambda *shape: g.ct_aug.new_empty(shape, dtype=torch.float64)  # noqa: E731
+    norm_neg = _norms(g, g.ct_neg, neg_mask, False)[0] if g.N > 0 else f(0)
+    return f(0, g.N), f(0), f(0), f(0), norm_neg
 
 
 def _sweep_stats(g: _Geometry, mask, neg_mask):
