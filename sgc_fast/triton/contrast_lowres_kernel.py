@@ -83,6 +83,21 @@ def _sep_t(P, c, Q):
 
 
 @triton.jit
+def _axis_products(u_ptr, v_ptr, n, m, idx, ok, BM: tl.constexpr):
+    # U^T V, V^T V and V^T 1 of one axis (U, V [n, m]), by a loop over the n rows.
+    A = tl.zeros([BM, BM], dtype=tl.float64)
+    C = tl.zeros([BM, BM], dtype=tl.float64)
+    S = tl.zeros([BM], dtype=tl.float64)
+    for r in range(0, n):
+        u = tl.load(u_ptr + r * m + idx, mask=ok, other=0.0)
+        v = tl.load(v_ptr + r * m + idx, mask=ok, other=0.0)
+        A += u[:, None] * v[None, :]
+        C += v[:, None] * v[None, :]
+        S += v
+    return A, C, S
+
+
+@triton.jit
 def _lowres_prep_kernel(ca_ptr, co_ptr, cq_ptr, uy_ptr, ux_ptr, vy_ptr, vx_ptr, my_ptr, mx_ptr, wt_ptr, scal_ptr,
                         m_ptr, uv_ptr, vv_ptr, col_ptr, ay_ptr, ax_ptr, r_ptr, pos_ptr, na_ptr, np_ptr, nq_ptr,
                         B, h, w, H, W, WARPED: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
@@ -120,24 +135,8 @@ def _lowres_prep_kernel(ca_ptr, co_ptr, cq_ptr, uy_ptr, ux_ptr, vy_ptr, vx_ptr, 
         else:
             vy_i = vy_ptr
             vx_i = vx_ptr
-        AY = tl.zeros([BH, BH], dtype=tl.float64)
-        CY = tl.zeros([BH, BH], dtype=tl.float64)
-        SY = tl.zeros([BH], dtype=tl.float64)
-        for Y in range(0, H):
-            u = tl.load(uy_ptr + Y * h + ia, mask=ok_h, other=0.0)
-            v = tl.load(vy_i + Y * h + ia, mask=ok_h, other=0.0)
-            AY += u[:, None] * v[None, :]
-            CY += v[:, None] * v[None, :]
-            SY += v
-        AX = tl.zeros([BW, BW], dtype=tl.float64)
-        CX = tl.zeros([BW, BW], dtype=tl.float64)
-        SX = tl.zeros([BW], dtype=tl.float64)
-        for X in range(0, W):
-            u = tl.load(ux_ptr + X * w + ib, mask=ok_w, other=0.0)
-            v = tl.load(vx_i + X * w + ib, mask=ok_w, other=0.0)
-            AX += u[:, None] * v[None, :]
-            CX += v[:, None] * v[None, :]
-            SX += v
+        AY, CY, SY = _axis_products(uy_ptr, vy_i, H, h, ia, ok_h, BH)
+        AX, CX, SX = _axis_products(ux_ptr, vx_i, W, w, ib, ok_w, BW)
         tl.store(ay_ptr + i * h * h + ia[:, None] * h + ia[None, :], AY, mask=ok_h[:, None] & ok_h[None, :])
         tl.store(ax_ptr + i * w * w + ib[:, None] * w + ib[None, :], AX, mask=ok_w[:, None] & ok_w[None, :])
         c_aug = tl.load(ca_ptr + i * hw + off2, mask=ok2, other=0.0)
