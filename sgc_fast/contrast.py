@@ -29,9 +29,8 @@ faster is there). The fused backends run it through one of three interchangeable
 ``contrast_coefficients``, ``contrast_unnormalise``, and for the unmasked problem ``warp_matrices``,
 ``contrast_lowres_stats``, ``contrast_lowres_grads``; csrc/contrast_glue.h), ``triton``
 (:mod:`sgc_fast.triton.contrast_glue_kernel`, :mod:`sgc_fast.triton.contrast_lowres_kernel`: the same ops as
-Triton kernels) or ``torch`` (:class:`TorchGlue`,
-this module) -- one or two launches each in place of ~100 (SGC) to ~200 (CGC) small ATen ops per forward +
-backward. ``SGC_FAST_GLUE`` = ``native``, ``triton`` or
+Triton kernels) or ``torch`` (:class:`TorchGlue`, this module) -- one or two launches each in place of ~100
+(SGC) to ~200 (CGC) small ATen ops per forward + backward. ``SGC_FAST_GLUE`` = ``native``, ``triton`` or
 ``torch`` overrides the automatic choice (:func:`glue_kind`).
 """
 
@@ -47,7 +46,8 @@ from .interp import cacheable, upsample_matrix, warp_matrices
 from .reference import NORM_EPS
 
 __all__ = [
-    "Problem", "GLUES", "glue_kind", "explain_glue", "glue", "TorchGlue", "NativeGlue", "pack_stats", "unpack_stats", "prepare", "logits_from_stats", "coefficients", "lowres_stats", "lowres_grads", "unnormalise_grad",
+    "Problem", "GLUES", "glue_kind", "explain_glue", "glue", "TorchGlue", "NativeGlue", "pack_stats", "unpack_stats",
+    "prepare", "logits_from_stats", "coefficients", "lowres_stats", "lowres_grads", "unnormalise_grad",
 ]
 
 
@@ -132,8 +132,9 @@ def explain_glue(device: torch.device | str = "cpu") -> dict[str, str]:
 
 
 def glue(device: torch.device):
-    """The glue implementation for ``device`` (see :func:`glue_kind`): an object with ``normalise``,
-    ``epilogue``, ``coefficients`` and ``unnormalise``."""
+    """The glue implementation for ``device`` (see :func:`glue_kind`): an object with the methods of
+    :class:`TorchGlue` (``normalise``, ``epilogue``, ``coefficients``, ``unnormalise``, ``warp_matrices``,
+    ``lowres_stats``, ``lowres_grads``)."""
     kind = glue_kind(device)
     if kind == "native":
         return NativeGlue

@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .contrast_glue_kernel import _on, _scalars
 from .launch import next_pow2
 
 __all__ = ["MAX_SIDE", "warp_matrices", "lowres_stats", "lowres_grads"]
@@ -225,18 +226,6 @@ def _lowres_grads_kernel(ca_ptr, m_ptr, uv_ptr, vv_ptr, col_ptr, ay_ptr, ax_ptr,
 
 def fits(h: int, w: int) -> bool:
     return max(h, w) <= MAX_SIDE
-
-
-def _on(device: torch.device):
-    from .contrast_glue_kernel import _on as on
-
-    return on(device)
-
-
-def _scalars(device, *values):
-    from .contrast_glue_kernel import _scalars as scalars
-
-    return scalars(device, *values)
 
 
 def warp_matrices(crop: torch.Tensor, flip: torch.Tensor, size, cam_size):
