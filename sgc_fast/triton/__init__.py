@@ -17,6 +17,7 @@ autotune configs, how kernels are launched).
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -58,6 +59,15 @@ def _check_device(t: torch.Tensor) -> None:
         raise RuntimeError(f"triton backend cannot run: {why}")
 
 
+def _on_device(t: torch.Tensor):
+    """Triton launches on the current CUDA device: make it the tensors' one (eager calls; under torch.compile the
+    generated code guards the device itself)."""
+    compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)()
+    if t.device.type == "cuda" and not compiling:
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
+
 def batched_cam(feats: torch.Tensor, grads: torch.Tensor, kind: str) -> torch.Tensor:
     """CAM of every sample: ``feats [B, K, h, w]`` and ``grads`` ``[B, K, h, w]`` (any strides) or the compact
     ``[B, K]`` form of a spatially constant gradient -> ``[B, h, w]`` (float32; float64 for float64 input).
@@ -69,7 +79,8 @@ def batched_cam(feats: torch.Tensor, grads: torch.Tensor, kind: str) -> torch.Te
 
     if INTERPRET:
         return _op.BatchedCamFunction.apply(feats, grads, kind)
-    return torch.ops.sgc_fast.triton_batched_cam(feats, grads, kind)
+    with _on_device(feats):
+        return torch.ops.sgc_fast.triton_batched_cam(feats, grads, kind)
 
 
 def contrast_logits(
@@ -94,4 +105,5 @@ def contrast_logits(
             float(eps))
     if INTERPRET:
         return _op.ContrastLogitsFunction.apply(*args)
-    return torch.ops.sgc_fast.triton_contrast_logits(*args)[0]
+    with _on_device(cam_aug):
+        return torch.ops.sgc_fast.triton_contrast_logits(*args)[0]
