@@ -84,6 +84,16 @@ def _sep_t(P, c, Q):
 
 
 @triton.jit
+def _map_tile(h, w, BH: tl.constexpr, BW: tl.constexpr):
+    # Row and column indices of an h x w map in a [BH, BW] tile, their masks, and the flat offsets.
+    ia = tl.arange(0, BH).to(tl.int64)
+    ib = tl.arange(0, BW).to(tl.int64)
+    ok_h = ia < h
+    ok_w = ib < w
+    return ia, ib, ok_h, ok_w, ok_h[:, None] & ok_w[None, :], ia[:, None] * w + ib[None, :]
+
+
+@triton.jit
 def _axis_products(u_ptr, v_ptr, n, m, idx, ok, BM: tl.constexpr):
     # U^T V, V^T V and V^T 1 of one axis (U, V [n, m]), by a loop over the n rows.
     A = tl.zeros([BM, BM], dtype=tl.float64)
@@ -111,12 +121,7 @@ def _lowres_prep_kernel(ca_ptr, co_ptr, cq_ptr, uy_ptr, ux_ptr, vy_ptr, vx_ptr, 
     hw = h * w
     eps = tl.load(scal_ptr)
     tail = tl.load(scal_ptr + 1)
-    ia = tl.arange(0, BH).to(tl.int64)
-    ib = tl.arange(0, BW).to(tl.int64)
-    ok_h = ia < h
-    ok_w = ib < w
-    ok2 = ok_h[:, None] & ok_w[None, :]
-    off2 = ia[:, None] * w + ib[None, :]
+    ia, ib, ok_h, ok_w, ok2, off2 = _map_tile(h, w, BH, BW)
     MY = tl.load(my_ptr + ia[:, None] * h + ia[None, :], mask=ok_h[:, None] & ok_h[None, :], other=0.0)
     MX = tl.load(mx_ptr + ib[:, None] * w + ib[None, :], mask=ok_w[:, None] & ok_w[None, :], other=0.0)
     WT = tl.load(wt_ptr + off2, mask=ok2, other=0.0)
@@ -188,12 +193,7 @@ def _lowres_grads_kernel(ca_ptr, m_ptr, uv_ptr, vv_ptr, col_ptr, ay_ptr, ax_ptr,
     w = tl.cast(w, tl.int64)
     hw = h * w
     eps = tl.load(scal_ptr)
-    ia = tl.arange(0, BH).to(tl.int64)
-    ib = tl.arange(0, BW).to(tl.int64)
-    ok_h = ia < h
-    ok_w = ib < w
-    ok2 = ok_h[:, None] & ok_w[None, :]
-    off2 = ia[:, None] * w + ib[None, :]
+    ia, ib, ok_h, ok_w, ok2, off2 = _map_tile(h, w, BH, BW)
     EW = eps * tl.load(wt_ptr + off2, mask=ok2, other=0.0)
     if pid < B:  # g_aug_i = sum_j C_aa[i,j] U^T a_j + c_ap_i U^T p_i + sum_k C_aq[i,k] U^T q_k
         i = pid
