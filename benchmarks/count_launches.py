@@ -20,7 +20,6 @@ plain-PyTorch glue of sgc_fast/contrast.py) in the same process.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -89,11 +88,8 @@ def _under_op(e) -> bool:
 
 
 def _glue_runs(kind: str, device: torch.device) -> bool:
-    os.environ["SGC_FAST_GLUE"] = kind
-    try:
+    with bench_ops.glue_env(f"probe:{kind}-glue"):  # (restores a SGC_FAST_GLUE the caller had set)
         return contrast.glue_kind(device) == kind
-    finally:
-        del os.environ["SGC_FAST_GLUE"]
 
 
 def count(fn, params, device) -> dict:

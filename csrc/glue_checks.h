@@ -19,6 +19,11 @@ inline void check_normalise(const at::Tensor& cam, const at::Tensor& weight, at:
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "dtype: expected float32 or float64, got ", dtype);
 }
 
+// self_index as a contiguous int64 tensor (undefined when absent), for the kernels to read.
+inline at::Tensor self_index_long(const c10::optional<at::Tensor>& self_index) {
+  return self_index.has_value() ? self_index->to(at::kLong).contiguous() : at::Tensor();
+}
+
 // Returns NQ.
 inline int64_t check_epilogue(const at::Tensor& gram, const at::Tensor& pos, const at::Tensor& na,
                               const at::Tensor& np, const at::Tensor& nq, const c10::optional<at::Tensor>& self_index,

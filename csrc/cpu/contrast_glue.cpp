@@ -56,10 +56,6 @@ std::tuple<at::Tensor, at::Tensor> contrast_normalise_cpu(const at::Tensor& cam_
   return {ct, total};
 }
 
-at::Tensor self_index_long(const c10::optional<at::Tensor>& self_index) {
-  return self_index.has_value() ? self_index->to(at::kLong).contiguous() : at::Tensor();
-}
-
 std::tuple<at::Tensor, at::Tensor> contrast_epilogue_cpu(const at::Tensor& gram, const at::Tensor& pos,
                                                          const at::Tensor& na, const at::Tensor& np,
                                                          const at::Tensor& nq,

@@ -332,10 +332,6 @@ __global__ void lowres_aug_grad_kernel(LowresGradIn in, double* __restrict__ g_a
   }
 }
 
-at::Tensor self_index_long(const c10::optional<at::Tensor>& self_index) {
-  return self_index.has_value() ? self_index->to(at::kLong).contiguous() : at::Tensor();
-}
-
 std::tuple<at::Tensor, at::Tensor> contrast_normalise_cuda(const at::Tensor& cam_in, const at::Tensor& weight_in,
                                                            double eps, at::ScalarType dtype) {
   check_normalise(cam_in, weight_in, dtype);
