@@ -11,12 +11,14 @@ Public API::
     SGCLoss, CGCLoss, L2ConsistencyLoss
     target_grads(logits, feats, targets, create_graph=True), head_grads(weight, feats, targets)
     capture_feats(model, layer)
+    CAM(model, target_layer, kind="hires")(images, targets=None, size=None, create_graph=False) -> [B, h, w]
     explain_backends(device), explain_glue(device), glue_kind(device)
 """
 
 from . import reference
 from .cam import Captured, capture_feats, head_grads, target_grads
 from .contrast import explain_glue, glue_kind
+from .extractor import CAM
 from .loss import CGCLoss, L2ConsistencyLoss, SGCLoss
 from .ops import (
     BACKENDS,
@@ -32,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
+    "CAM",
     "Captured",
     "CGCLoss",
     "L2ConsistencyLoss",
