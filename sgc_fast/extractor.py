@@ -20,8 +20,8 @@ CAM, as SGC/CGC do): the forward records the whole graph and the gradient keeps 
 Wrappers: ``DistributedDataParallel``/``DataParallel`` (``module.``) are called as they are, the layer is found
 in the wrapped model; a ``torch.compile``'d model (``_orig_mod.``) is traced once more with the target layer
 as an extra output (torchvision's FX feature extractor, compiled), because hooks added to an already compiled
-model are not seen by its compiled code. That compiled form serves the closed form without ``create_graph``;
-the other cases run the original module eagerly.
+model are not seen by its compiled code. That compiled form serves the closed form (with or without
+``create_graph``); the autograd form, and models FX cannot trace, run the original module eagerly.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ class CAM:
         self.reshape = reshape
         self.backend = backend
         self._inner = _unwrap(model)
-        self._compiled = self._inner is not model and hasattr(model, "_orig_mod")
+        self._compiled = isinstance(getattr(model, "_orig_mod", None), nn.Module)
         self.layer, self.layer_name = self._find_layer(target_layer)
         self._fx: nn.Module | None = None  # the compiled feature extractor (compiled models only)
         self._fx_failed: str | None = None
@@ -189,15 +189,17 @@ class CAM:
     def _forward_eager(self, images: torch.Tensor, cut: bool) -> tuple[torch.Tensor, torch.Tensor]:
         tap = _Tap(cut)
         handle = self.layer.register_forward_hook(tap)
+        # a compiled model's code does not see hooks added after it was compiled: run its original module
+        model = self._inner if self._compiled else self.model
         try:
             if cut:
                 with torch.no_grad():
                     try:
-                        logits = self.model(images)
+                        logits = model(images)
                     finally:
                         torch.set_grad_enabled(False)  # the hook switched it on; the with-block restores it
             else:
-                logits = self.model(images)
+                logits = model(images)
         finally:
             handle.remove()
         if tap.calls == 0:
@@ -207,7 +209,7 @@ class CAM:
             )
         return tap.feats, logits
 
-    def _forward_compiled(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _forward_compiled(self, images: torch.Tensor, grad: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(feats, logits) from the compiled FX feature extractor, or None when the model cannot be traced."""
         if self._fx is None and self._fx_failed is None:
             try:
@@ -220,7 +222,7 @@ class CAM:
                 self._fx_failed = f"{type(exc).__name__}: {exc}"
         if self._fx is None:
             return None
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             out = self._fx(images)
         return out["feats"], out["logits"]
 
@@ -229,7 +231,7 @@ class CAM:
         B, C = logits.shape
         if targets is None:
             return logits.detach().argmax(1)
-        if isinstance(targets, bool) or (
+        if isinstance(targets, (bool, str)) or (
             not isinstance(targets, (numbers.Integral, torch.Tensor, Sequence)) and not hasattr(targets, "__array__")
         ):
             raise TypeError(f"targets: expected None, an int or [B] class indices, got {type(targets).__name__}")
@@ -237,7 +239,13 @@ class CAM:
             if not 0 <= int(targets) < C:
                 raise ValueError(f"targets: class {int(targets)} out of range [0, {C})")
             return torch.full((B,), int(targets), dtype=torch.long, device=logits.device)
-        t = targets if isinstance(targets, torch.Tensor) else torch.as_tensor(targets)
+        if isinstance(targets, torch.Tensor):
+            t = targets
+        else:
+            try:
+                t = torch.as_tensor(targets)
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError(f"targets: expected integer class indices, got {targets!r:.60}") from None
         if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
             raise TypeError(f"targets: expected integer class indices, got dtype {t.dtype}")
         if t.shape != (B,):
@@ -298,8 +306,8 @@ class CAM:
         out_size = self._size(size, images)
 
         feats = logits = None
-        if self._compiled and not create_graph and self.head != "autograd" and self.reshape is None:
-            compiled = self._forward_compiled(images)
+        if self._compiled and self.head != "autograd" and self.reshape is None:
+            compiled = self._forward_compiled(images, grad=create_graph)
             if compiled is not None:
                 feats, logits = compiled
                 if self._linear_head(feats, logits) is None:
