@@ -27,6 +27,7 @@ model are not seen by its compiled code. That compiled form serves the closed fo
 from __future__ import annotations
 
 import numbers
+import weakref
 from collections.abc import Callable, Sequence
 
 import torch
@@ -43,6 +44,9 @@ _WRAPPERS = (nn.DataParallel, nn.parallel.DistributedDataParallel)
 # |logits - fc(mean feats)| <= tol * (1 + max |logits|): the check that the head is GAP + Linear. A relu,
 # LayerNorm or MLP between the pool and the logits misses it by orders of magnitude more than rounding.
 _HEAD_TOL = {torch.float16: 2e-2, torch.bfloat16: 5e-2, torch.float32: 1e-4, torch.float64: 1e-9}
+# (model, target layer) -> {model.training: the last call found a GAP + Linear head}; shared by the extractors of
+# one model, so that a CAM built per batch also starts with the whole forward under no_grad
+_LINEAR_SEEN: weakref.WeakKeyDictionary[nn.Module, dict[bool, bool]] = weakref.WeakKeyDictionary()
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -144,7 +148,7 @@ class CAM:
         self.layer, self.layer_name = self._find_layer(target_layer)
         self._fx: nn.Module | None = None  # the compiled feature extractor (compiled models only)
         self._fx_failed: str | None = None
-        self._linear_seen: dict[bool, bool] = {}  # model.training -> the last call found a GAP + Linear head
+        self._linear_seen = _LINEAR_SEEN.setdefault(self.layer, {})
         self.last_head: str | None = None
 
     # ------------------------------------------------------------------------------------------------------

@@ -352,3 +352,19 @@ def test_errors_name_the_argument():
 
     with pytest.raises(RuntimeError, match="target_layer.*did not run"):
         sgc_fast.CAM(Unused(), "extra")(images)
+
+
+def test_head_change_between_calls_falls_back_to_autograd():
+    """The no_grad fast path is only a guess from the last call: a head that stops being GAP + Linear is caught
+    by the per-batch check and the batch is redone through autograd."""
+    model = make_model("resnet18")
+    images = torch.randn(2, 3, SIZE, SIZE)
+    cam = sgc_fast.CAM(model)
+    cam(images, [1, 2])
+    assert cam.last_head == "linear"
+    model.fc = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+    got = sgc_fast.CAM(model)(images, torch.tensor([1, 2]))
+    assert relative_error(got, oracle(model, "layer4", images, torch.tensor([1, 2]), "hires")) < 1e-5
+    assert sgc_fast.CAM(model).last_head is None
+    cam(images, [1, 2])
+    assert cam.last_head == "autograd"
