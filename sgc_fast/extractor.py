@@ -26,6 +26,7 @@ model are not seen by its compiled code. That compiled form serves the closed fo
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import weakref
 from collections.abc import Callable, Sequence
@@ -70,13 +71,12 @@ class _Tap:
     """A forward hook on the target layer for one call: records its output and, in ``cut`` mode, hands
     the rest of the model a copy of it that starts a fresh graph, with gradients enabled from there on."""
 
-    __slots__ = ("cut", "feats", "calls", "grad_was")
+    __slots__ = ("cut", "feats", "calls")
 
     def __init__(self, cut: bool) -> None:
         self.cut = cut
         self.feats: torch.Tensor | None = None
         self.calls = 0
-        self.grad_was = torch.is_grad_enabled()
 
     def __call__(self, module, inputs, output):
         if not isinstance(output, torch.Tensor):
@@ -190,20 +190,23 @@ class CAM:
         return None
 
     # ------------------------------------------------------------------------------------------------------
-    def _forward_eager(self, images: torch.Tensor, cut: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        tap = _Tap(cut)
+    def _forward_eager(self, images: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward with the tap. ``mode``: ``"graph"`` (the whole graph, for ``create_graph``), ``"cut"``
+        (backbone under no_grad, the head from a fresh leaf) or ``"no_grad"`` (nothing recorded)."""
+        tap = _Tap(cut=mode == "cut")
         handle = self.layer.register_forward_hook(tap)
         # a compiled model's code does not see hooks added after it was compiled: run its original module
         model = self._inner if self._compiled else self.model
         try:
-            if cut:
+            if mode == "graph":
+                with torch.enable_grad():
+                    logits = model(images)
+            else:
                 with torch.no_grad():
                     try:
                         logits = model(images)
                     finally:
-                        torch.set_grad_enabled(False)  # the hook switched it on; the with-block restores it
-            else:
-                logits = model(images)
+                        torch.set_grad_enabled(False)  # a cut switched it on; the with-block restores the caller's
         finally:
             handle.remove()
         if tap.calls == 0:
@@ -308,7 +311,20 @@ class CAM:
         if images.dim() == 0 or images.shape[0] == 0:
             raise ValueError(f"images: expected a non-empty batch [B, ...], got shape {list(images.shape)}")
         out_size = self._size(size, images)
+        with torch.enable_grad() if create_graph else contextlib.nullcontext():
+            cam, logits = self._maps(images, targets, create_graph)
+        if out_size is not None and tuple(cam.shape[1:]) != out_size:
+            cam = F.interpolate(cam[:, None], size=out_size, mode="bilinear", align_corners=False)[:, 0]
+        if normalize:
+            flat = cam.flatten(1)
+            lo = flat.min(1).values[:, None, None]
+            span = (flat.max(1).values[:, None, None] - lo).clamp_min(torch.finfo(cam.dtype).tiny)
+            cam = (cam - lo) / span
+        if not create_graph:
+            logits = logits.detach()
+        return (cam, logits) if return_logits else cam
 
+    def _maps(self, images: torch.Tensor, targets, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
         feats = logits = None
         if self._compiled and self.head != "autograd" and self.reshape is None:
             compiled = self._forward_compiled(images, grad=create_graph)
@@ -318,11 +334,11 @@ class CAM:
                     feats = logits = None  # not a GAP + Linear head: the eager path below decides
         if feats is None and not create_graph and self.head != "autograd" and self._linear_seen.get(self._inner.training):
             # the head was GAP + Linear last time: the whole forward under no_grad, nothing to cut
-            feats, logits = self._forward_eager(images, cut=False)
+            feats, logits = self._forward_eager(images, "no_grad")
             if self._linear_head(feats, logits) is None:
                 feats = logits = None
         if feats is None:
-            feats, logits = self._forward_eager(images, cut=not create_graph)
+            feats, logits = self._forward_eager(images, "graph" if create_graph else "cut")
         raw = feats
         if self.reshape is not None:
             feats = self.reshape(raw)
@@ -361,17 +377,7 @@ class CAM:
             if not create_graph:
                 feats, grads = feats.detach(), grads.detach()
             cam = batched_cam(feats, grads, self.kind, self.backend)
-
-        if out_size is not None and tuple(cam.shape[1:]) != out_size:
-            cam = F.interpolate(cam[:, None], size=out_size, mode="bilinear", align_corners=False)[:, 0]
-        if normalize:
-            flat = cam.flatten(1)
-            lo = flat.min(1).values[:, None, None]
-            span = (flat.max(1).values[:, None, None] - lo).clamp_min(torch.finfo(cam.dtype).tiny)
-            cam = (cam - lo) / span
-        if not create_graph:
-            logits = logits.detach()
-        return (cam, logits) if return_logits else cam
+        return cam, logits
 
     def __enter__(self) -> CAM:
         return self

@@ -368,3 +368,24 @@ def test_head_change_between_calls_falls_back_to_autograd():
     assert sgc_fast.CAM(model).last_head is None
     cam(images, [1, 2])
     assert cam.last_head == "autograd"
+
+
+def test_without_create_graph_the_backbone_records_no_graph():
+    """The memory of the extractor: the backbone never records autograd state; after the first call of a GAP +
+    Linear model, the head does not either (the whole forward under no_grad)."""
+    model = make_model("resnet18")
+    images = torch.randn(2, 3, SIZE, SIZE)
+    seen = []
+    spies = [m.register_forward_hook(lambda m, i, o, n=n: seen.append((n, i[0].requires_grad, o.requires_grad)))
+             for n, m in (("layer3", model.layer3), ("fc", model.fc))]
+    cam = sgc_fast.CAM(model)
+    for _ in range(3):
+        cam(images)
+    cam(images, create_graph=True)
+    for h in spies:
+        h.remove()
+    assert seen[0] == ("layer3", False, False) and seen[1][0] == "fc"  # first call: backbone without a graph
+    assert seen[2:6] == [("layer3", False, False), ("fc", False, False)] * 2  # then nothing at all
+    assert seen[6:] == [("layer3", True, True), ("fc", True, True)]  # create_graph: the whole graph
+    with torch.no_grad():
+        assert cam(images, create_graph=True).requires_grad
