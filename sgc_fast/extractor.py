@@ -71,12 +71,11 @@ class _Tap:
     """A forward hook on the target layer for one call: records its output and, in ``cut`` mode, hands
     the rest of the model a copy of it that starts a fresh graph, with gradients enabled from there on."""
 
-    __slots__ = ("cut", "feats", "calls")
+    __slots__ = ("cut", "feats")
 
     def __init__(self, cut: bool) -> None:
         self.cut = cut
-        self.feats: torch.Tensor | None = None
-        self.calls = 0
+        self.feats: torch.Tensor | None = None  # stays None when the layer does not run
 
     def __call__(self, module, inputs, output):
         if not isinstance(output, torch.Tensor):
@@ -84,7 +83,6 @@ class _Tap:
                 f"target_layer: {type(module).__name__} returned {type(output).__name__}, not a tensor "
                 "(pass reshape= to turn it into [B, K, h, w], or pick another layer)"
             )
-        self.calls += 1
         if self.cut:
             torch.set_grad_enabled(True)
             self.feats = output.detach().requires_grad_(True)
@@ -176,8 +174,10 @@ class CAM:
 
     def _linear_head(self, feats: torch.Tensor, logits: torch.Tensor) -> nn.Linear | None:
         """The Linear ``fc`` of the model with ``logits == fc(mean_p feats)`` on this batch, if there is one."""
+        if feats.dim() != 4 or not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            return None
         B, K = feats.shape[:2]
-        if logits.dim() != 2 or logits.shape[0] != B:
+        if logits.shape[0] != B:
             return None
         with torch.no_grad():
             pooled = feats.detach().mean(dim=(2, 3))
@@ -209,7 +209,7 @@ class CAM:
                         torch.set_grad_enabled(False)  # a cut switched it on; the with-block restores the caller's
         finally:
             handle.remove()
-        if tap.calls == 0:
+        if tap.feats is None:
             raise RuntimeError(
                 f"target_layer: {self.layer_name!r} did not run in the model's forward"
                 + (" (hooks added after torch.compile are not seen by compiled code)" if self._compiled else "")
@@ -324,36 +324,45 @@ class CAM:
             logits = logits.detach()
         return (cam, logits) if return_logits else cam
 
-    def _maps(self, images: torch.Tensor, targets, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = logits = None
-        if self._compiled and self.head != "autograd" and self.reshape is None:
-            compiled = self._forward_compiled(images, grad=create_graph)
-            if compiled is not None:
-                feats, logits = compiled
-                if self._linear_head(feats, logits) is None:
-                    feats = logits = None  # not a GAP + Linear head: the eager path below decides
-        if feats is None and not create_graph and self.head != "autograd" and self._linear_seen.get(self._inner.training):
-            # the head was GAP + Linear last time: the whole forward under no_grad, nothing to cut
-            feats, logits = self._forward_eager(images, "no_grad")
-            if self._linear_head(feats, logits) is None:
-                feats = logits = None
-        if feats is None:
-            feats, logits = self._forward_eager(images, "graph" if create_graph else "cut")
-        raw = feats
-        if self.reshape is not None:
-            feats = self.reshape(raw)
+    def _as_map(self, raw: torch.Tensor) -> torch.Tensor:
+        """The layer's output as ``[B, K, h, w]`` (through ``reshape`` when given)."""
+        feats = self.reshape(raw) if self.reshape is not None else raw
         if not isinstance(feats, torch.Tensor) or feats.dim() != 4:
             raise ValueError(
                 f"target_layer: expected a [B, K, h, w] output, got {list(getattr(feats, 'shape', []))}"
                 + ("" if self.reshape is not None else " (pass reshape= to convert it)")
             )
+        return feats
+
+    def _forward(self, images: torch.Tensor, create_graph: bool):
+        """``(raw layer output, feats [B, K, h, w], logits, fc)`` from the cheapest forward that serves the call;
+        ``fc`` is the Linear of a GAP + Linear head checked on this batch, or None."""
+        closed = self.head != "autograd"
+        if closed and self._compiled and self.reshape is None:
+            compiled = self._forward_compiled(images, grad=create_graph)
+            if compiled is not None:
+                feats, logits = compiled
+                fc = self._linear_head(feats, logits)
+                if fc is not None:
+                    return feats, feats, logits, fc
+        if closed and not create_graph and self._linear_seen.get(self._inner.training):
+            # the head was GAP + Linear last time: the whole forward under no_grad, nothing to cut
+            raw, logits = self._forward_eager(images, "no_grad")
+            feats = self._as_map(raw)
+            fc = self._linear_head(feats, logits)
+            if fc is not None:
+                return raw, feats, logits, fc
+        raw, logits = self._forward_eager(images, "graph" if create_graph else "cut")
+        feats = self._as_map(raw)
+        return raw, feats, logits, self._linear_head(feats, logits) if closed else None
+
+    def _maps(self, images: torch.Tensor, targets, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        raw, feats, logits, fc = self._forward(images, create_graph)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != feats.shape[0]:
             raise ValueError(
                 f"model: expected [B, C] logits with B = {feats.shape[0]}, got {list(getattr(logits, 'shape', []))}"
             )
         t = self._targets(targets, logits)
-
-        fc = self._linear_head(feats, logits) if self.head != "autograd" else None
         self._linear_seen[self._inner.training] = fc is not None
         if fc is not None:
             self.last_head = "linear"

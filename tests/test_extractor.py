@@ -252,6 +252,8 @@ def test_reshape_for_token_models_takes_the_closed_form():
     assert cam.last_head == "linear" and got.shape == (3, 4, 4)
     auto = sgc_fast.CAM(model, "blocks", reshape=tokens_to_map, head="autograd")(images, [0, 1, 2])
     assert relative_error(got, auto) < 1e-5
+    again = cam(images, [0, 1, 2])  # the no_grad forward of a head seen to be GAP + Linear, through reshape
+    assert cam.last_head == "linear" and relative_error(again, auto) < 1e-5
     nondegenerate(auto)
 
 
