@@ -18,7 +18,28 @@ from torch import nn
 
 from .ops import batched_cam
 
-__all__ = ["batched_cam", "target_grads", "head_grads", "capture_feats", "Captured"]
+__all__ = ["batched_cam", "target_grads", "head_grads", "capture_feats", "Captured", "unwrap_model", "plain_name"]
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # what DataParallel/DistributedDataParallel and torch.compile add
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside ``DataParallel``/``DistributedDataParallel``/``torch.compile`` wrappers (any nesting)."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def plain_name(name: str) -> str:
+    """A parameter or module name without the ``module.``/``_orig_mod.`` prefixes of those wrappers."""
+    for prefix in WRAPPER_PREFIXES:
+        while name.startswith(prefix):
+            name = name[len(prefix) :]
+    return name
 
 
 def _check_targets(targets: torch.Tensor, B: int, num_classes: int, device) -> None:

@@ -35,36 +35,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cam import head_grads
+from .cam import head_grads, plain_name, unwrap_model
 from .ops import batched_cam
 
 __all__ = ["CAM"]
 
 _HEADS = ("auto", "linear", "autograd")
-_WRAPPERS = (nn.DataParallel, nn.parallel.DistributedDataParallel)
 # |logits - fc(mean feats)| <= tol * (1 + max |logits|): the check that the head is GAP + Linear. A relu,
 # LayerNorm or MLP between the pool and the logits misses it by orders of magnitude more than rounding.
 _HEAD_TOL = {torch.float16: 2e-2, torch.bfloat16: 5e-2, torch.float32: 1e-4, torch.float64: 1e-9}
 # (model, target layer) -> {model.training: the last call found a GAP + Linear head}; shared by the extractors of
 # one model, so that a CAM built per batch also starts with the whole forward under no_grad
 _LINEAR_SEEN: weakref.WeakKeyDictionary[nn.Module, dict[bool, bool]] = weakref.WeakKeyDictionary()
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    while True:
-        if isinstance(model, _WRAPPERS):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
-def _strip_prefixes(name: str) -> str:
-    for prefix in ("module.", "_orig_mod."):
-        while name.startswith(prefix):
-            name = name[len(prefix) :]
-    return name
 
 
 class _Tap:
@@ -141,7 +123,7 @@ class CAM:
         self.head = head
         self.reshape = reshape
         self.backend = backend
-        self._inner = _unwrap(model)
+        self._inner = unwrap_model(model)
         self._compiled = isinstance(getattr(model, "_orig_mod", None), nn.Module)
         self.layer, self.layer_name = self._find_layer(target_layer)
         self._fx: nn.Module | None = None  # the compiled feature extractor (compiled models only)
@@ -156,9 +138,9 @@ class CAM:
             if id(target_layer) not in names:
                 raise ValueError(f"target_layer: {type(target_layer).__name__} is not a submodule of the model")
             return target_layer, names[id(target_layer)]
-        if not isinstance(target_layer, str) or not _strip_prefixes(target_layer):
+        if not isinstance(target_layer, str) or not plain_name(target_layer):
             raise ValueError(f"target_layer: expected a submodule or its dotted name, got {target_layer!r}")
-        name = _strip_prefixes(target_layer)
+        name = plain_name(target_layer)
         try:
             return self._inner.get_submodule(name), name
         except AttributeError:

@@ -14,7 +14,7 @@ import torch
 import torchvision
 from torch import nn
 
-from ..cam import capture_feats, head_grads, target_grads
+from ..cam import capture_feats, head_grads, plain_name, target_grads, unwrap_model
 
 __all__ = ["ARCHS", "OUTPUT_STRIDES", "build_model", "set_output_stride", "load_weights", "export_state_dict", "forward_feats", "cam_grads",
            "pretrained_path"]
@@ -25,7 +25,6 @@ _PRETRAINED = {
     "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
     "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
 }
-_PREFIXES = ("module.", "_orig_mod.")
 
 
 def pretrained_path(arch: str) -> Path:
@@ -38,13 +37,7 @@ def _plain_keys(state: dict) -> dict:
     for key in ("state_dict", "model"):  # research checkpoints nest under state_dict, ours under model
         if isinstance(state.get(key), dict):
             state = state[key]
-    out = {}
-    for k, v in state.items():
-        for p in _PREFIXES:
-            while k.startswith(p):
-                k = k[len(p):]
-        out[k] = v
-    return out
+    return {plain_name(k): v for k, v in state.items()}
 
 
 def load_weights(model: nn.Module, source: str | os.PathLike | dict, log=print) -> None:
@@ -116,15 +109,9 @@ def export_state_dict(model: nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in _plain_keys(model.state_dict()).items()}
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) or hasattr(model, "_orig_mod"):
-        model = model.module if hasattr(model, "module") else model._orig_mod
-    return model
-
-
 def forward_feats(model: nn.Module, images: torch.Tensor, layer: str = "layer4") -> tuple[torch.Tensor, torch.Tensor]:
     """``(logits [B, C], feats [B, K, h, w])`` of one view; ``feats`` = ``layer``'s output."""
-    net = _unwrap(model)
+    net = unwrap_model(model)
     if isinstance(net, torchvision.models.ResNet) and layer == "layer4" and net is model:
         x = net.maxpool(net.relu(net.bn1(net.conv1(images))))
         feats = net.layer4(net.layer3(net.layer2(net.layer1(x))))
@@ -137,7 +124,7 @@ def forward_feats(model: nn.Module, images: torch.Tensor, layer: str = "layer4")
 def cam_grads(model: nn.Module, logits: torch.Tensor, feats: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """``d logits[b, targets[b]] / d feats``: closed form for a GAP + Linear head (torchvision ResNet),
     autograd (create_graph) otherwise."""
-    net = _unwrap(model)
+    net = unwrap_model(model)
     if isinstance(net, torchvision.models.ResNet) and isinstance(net.fc, nn.Linear):
         return head_grads(net.fc.weight, feats, targets)
     return target_grads(logits, feats, targets, create_graph=True)
