@@ -4,13 +4,18 @@
 # while the budget allows (the glue ablation, kernel launch counts, fwd/bwd split, ResNet-18 shape). Every
 # result lands in $OUT (default ./gpu_results), at most 8 files:
 #   device.txt build.log gpu_tests.log memcheck.log ops.csv bench.log launches.md summary.md
-# Usage: BUDGET=520 bash benchmarks/gpu_check.sh [all|tests|bench]
+# (cam mode: device.txt build.log cam.csv cam.log summary.md)
+# Usage: BUDGET=520 [WHEELS=dir] bash benchmarks/gpu_check.sh [all|tests|bench|cam]
 #   tests: build, GPU tests, compute-sanitizer memcheck; bench: build, benchmarks; all (default): build, GPU
-#   tests, benchmarks (no memcheck).
+#   tests, benchmarks (no memcheck); cam: build, then bench_cam.py (sgc_fast.CAM against pytorch-grad-cam,
+#   captum and torchcam; fp32 and bf16, ResNet-18/50 and ConvNeXt-T at 224 px, B = 1/16/64) into cam.csv and
+#   cam.log. The anchors are benchmark-only: on a machine without internet put their wheels (grad-cam, ttach,
+#   captum, torchcam and what the machine lacks of their needs) in a folder, WHEELS=dir; a missing anchor is a
+#   failed row, sgc_fast's rows still run.
 # Split over two calls on one warm machine, the second build is an incremental no-op (build/ is kept).
 set -uo pipefail
 MODE=${1:-all}
-case "$MODE" in all|tests|bench) ;; *) echo "usage: $0 [all|tests|bench]" >&2; exit 2;; esac
+case "$MODE" in all|tests|bench|cam) ;; *) echo "usage: $0 [all|tests|bench|cam]" >&2; exit 2;; esac
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_results}
 mkdir -p "$OUT"
@@ -36,6 +41,21 @@ fi
 grep -iE "warning|error" "$OUT/build.log" | head -20
 $PY -c "import sgc_fast; print(sgc_fast.explain_backends('cuda')); print(sgc_fast.explain_glue('cuda'))" 2>&1 \
   | tee -a "$OUT/summary.md"
+
+if [ "$MODE" = cam ]; then
+  stage "CAM extraction against the CAM libraries"
+  if [ -n "${WHEELS:-}" ]; then
+    $PY -m pip install -q --no-index --find-links "$WHEELS" grad-cam captum torchcam >> "$OUT/cam.log" 2>&1 \
+      || echo "anchor install failed (see cam.log)" | tee -a "$OUT/summary.md"
+  fi
+  for amp in fp32 bfloat16; do
+    [ "$(left)" -gt 60 ] || break
+    timeout $(($(left) - 30)) $PY benchmarks/bench_cam.py --device cuda --amp $amp --reps 20 --warmup 3 \
+      --csv "$OUT/cam.csv" 2>&1 | tee -a "$OUT/cam.log"
+  done
+  stage "done"
+  exit 0
+fi
 
 if [ "$MODE" != bench ]; then
   stage "GPU tests"
