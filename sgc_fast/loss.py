@@ -6,25 +6,73 @@ Each returns only its own term; a training step adds the cross-entropies and ``l
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import ops
+from .distributed import NEGATIVES, gather_negatives, group_size
 
 __all__ = ["SGCLoss", "CGCLoss", "L2ConsistencyLoss"]
 
 
 class _ContrastLoss(nn.Module):
+    """Shared by :class:`SGCLoss` and :class:`CGCLoss`. ``negatives``: ``"local"`` (the other samples of the
+    batch given) or ``"global"`` (the batches of every process of ``group``, gathered with autograd; the same
+    as ``"local"`` without an initialised process group); ``chunk=n``: negatives only within consecutive
+    chunks of ``n`` rows (the research code's per-GPU negatives under ``nn.DataParallel``, on one device).
+    See :mod:`sgc_fast.distributed`."""
+
     def __init__(self, temperature: float = 0.5, kind: str = "hires", eps: float = 1e-8,
-                 backend: str | None = None) -> None:
+                 backend: str | None = None, *, negatives: str = "local", chunk: int | None = None,
+                 group=None) -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
         if kind not in ("hires", "grad"):
             raise ValueError(f"kind: expected 'hires' or 'grad', got {kind!r}")
+        if negatives not in NEGATIVES:
+            raise ValueError(f"negatives: expected one of {NEGATIVES}, got {negatives!r}")
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 2):
+            raise ValueError(f"chunk: expected an integer >= 2 (a chunk of 1 has no negatives) or None, got {chunk!r}")
+        if chunk is not None and negatives == "global":
+            raise ValueError("chunk: per-chunk negatives need negatives='local', got negatives='global'")
         self.temperature, self.kind, self.eps, self.backend = float(temperature), kind, float(eps), backend
+        self.negatives, self.chunk, self.group = negatives, chunk, group
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, kind={self.kind!r}, eps={self.eps}, backend={self.backend!r}"
+        extra = f", negatives={self.negatives!r}" if self.negatives != "local" else ""
+        extra += f", chunk={self.chunk}" if self.chunk is not None else ""
+        return f"temperature={self.temperature}, kind={self.kind!r}, eps={self.eps}, backend={self.backend!r}{extra}"
+
+    def _term(self, feats_orig, grads_orig, feats_aug, grads_aug, size, mask=None, crop=None, flip=None):
+        """InfoNCE (cross-entropy against column 0, mean over rows) of the logits under the negatives option."""
+        cam_orig = ops.batched_cam(feats_orig, grads_orig, self.kind, backend=self.backend)
+        cam_aug = ops.batched_cam(feats_aug, grads_aug, self.kind, backend=self.backend)
+        kw = dict(size=size, temperature=self.temperature, eps=self.eps, backend=self.backend)
+        B = cam_aug.shape[0]
+        if self.negatives == "global" and group_size(self.group) > 1:
+            neg_cam, neg_mask, self_index = gather_negatives(cam_aug, mask, self.group)
+            kw.update(neg_cam=neg_cam, neg_mask=neg_mask, self_index=self_index)
+        elif self.chunk is not None and self.chunk < B:
+            if B % self.chunk == 1:
+                raise ValueError(f"chunk: a batch of {B} in chunks of {self.chunk} leaves a last chunk of 1 "
+                                 f"sample, which has no negatives")
+            total = cam_aug.new_zeros((), dtype=torch.float32)
+            for s in range(0, B, self.chunk):
+                rows = slice(s, s + self.chunk)
+                logits = ops.contrast_logits(
+                    cam_orig[rows], cam_aug[rows], mask=mask[rows] if mask is not None else None,
+                    crop=crop[rows] if crop is not None else None, flip=flip[rows] if flip is not None else None,
+                    **kw)
+                total = total + _infonce(logits, "sum")
+            return total / B
+        logits = ops.contrast_logits(cam_orig, cam_aug, mask=mask, crop=crop, flip=flip, **kw)
+        return _infonce(logits, "mean")
+
+
+def _infonce(logits: torch.Tensor, reduction: str) -> torch.Tensor:
+    target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    return F.cross_entropy(logits, target, reduction=reduction)
 
 
 class SGCLoss(_ContrastLoss):
@@ -39,10 +87,7 @@ class SGCLoss(_ContrastLoss):
     def forward(self, feats_orig, grads_orig, feats_aug, grads_aug, mask: torch.Tensor) -> torch.Tensor:
         if not isinstance(mask, torch.Tensor) or mask.dim() != 3:
             raise ValueError(f"mask: expected a [B, H, W] tensor, got {ops._describe(mask)}")
-        return ops.saliency_contrast_loss(
-            feats_orig, grads_orig, feats_aug, grads_aug, kind=self.kind, mask=mask, size=tuple(mask.shape[1:]),
-            temperature=self.temperature, eps=self.eps, backend=self.backend,
-        )
+        return self._term(feats_orig, grads_orig, feats_aug, grads_aug, tuple(mask.shape[1:]), mask=mask)
 
 
 class CGCLoss(_ContrastLoss):
@@ -60,10 +105,7 @@ class CGCLoss(_ContrastLoss):
 
     def forward(self, feats_orig, grads_orig, feats_aug, grads_aug, crop: torch.Tensor,
                 flip: torch.Tensor) -> torch.Tensor:
-        return ops.saliency_contrast_loss(
-            feats_orig, grads_orig, feats_aug, grads_aug, kind=self.kind, crop=crop, flip=flip, size=self.size,
-            temperature=self.temperature, eps=self.eps, backend=self.backend,
-        )
+        return self._term(feats_orig, grads_orig, feats_aug, grads_aug, self.size, crop=crop, flip=flip)
 
 
 class L2ConsistencyLoss(nn.Module):

@@ -113,7 +113,8 @@ def test_folder_skips_unreadable_and_trains(tmp_path):
 def test_mask_cache_feeds_sgc_views(tmp_path):
     from sgc_fast.data.synthetic import SyntheticShapes
     from sgc_fast.data.views import GroundTruthMasks, MultiViewDataset
-    from sgc_fast.saliency.cache import MaskCache, StaleMaskCacheError
+    from sgc_fast.saliency import key_extra
+    from sgc_fast.saliency.cache import MaskCache
     from sgc_fast.saliency.providers import GroundTruthProvider
     from sgc_fast.saliency.transforms import center_view_params
     from sgc_fast.train.cli import open_mask_cache
@@ -122,16 +123,24 @@ def test_mask_cache_feeds_sgc_views(tmp_path):
     base = SyntheticShapes("train", size=S, length=20)
     ids = [base.image_id(i) for i in range(len(base))]
     MaskCache.build(tmp_path / "m.sgcmask", ids, GroundTruthProvider(base, S), None,
-                    key_extra={"transform": center_view_params(S)}, progress=False)
+                    key_extra=key_extra(base, S), progress=False)
     cache = open_mask_cache(tmp_path / "m.sgcmask", base, S)
     a = MultiViewDataset(base, "sgc", S, masks=cache, indices=[3, 17])
     b = MultiViewDataset(base, "sgc", S, masks=GroundTruthMasks(base, S), indices=[3, 17])
     for i in range(2):
         assert torch.equal(a[i]["mask"], b[i]["mask"]) and torch.equal(a[i]["aug"], b[i]["aug"])
-    with pytest.raises(StaleMaskCacheError):
+    with pytest.raises(SystemExit, match="stale"):
         open_mask_cache(tmp_path / "m.sgcmask", base, 64)
-    with pytest.raises(StaleMaskCacheError):
+    with pytest.raises(SystemExit, match="stale"):
         open_mask_cache(tmp_path / "m.sgcmask", SyntheticShapes("val", size=S, length=20), S)
+    # the same image ids with another background bias are other pixels: refused
+    with pytest.raises(SystemExit, match="bias"):
+        open_mask_cache(tmp_path / "m.sgcmask", SyntheticShapes("train", size=S, length=20, bias=0.9), S)
+    # a cache keyed without the data set's signature (transform only) is refused too
+    MaskCache.build(tmp_path / "old.sgcmask", ids, GroundTruthProvider(base, S), None,
+                    key_extra={"transform": center_view_params(S)}, progress=False)
+    with pytest.raises(SystemExit, match="dataset"):
+        open_mask_cache(tmp_path / "old.sgcmask", base, S)
 
 
 def test_weights_from_research_checkpoint():

@@ -78,6 +78,23 @@ class ImageFolder(Dataset):
         if not self.samples:
             raise FileNotFoundError(f"data: no readable images under {self.root} (extensions {IMAGE_EXTENSIONS})")
 
+    def listing(self) -> dict:
+        """What the scan found (``classes``, ``samples``, ``skipped``), for :meth:`from_listing` elsewhere."""
+        return {"root": str(self.root), "classes": self.classes, "samples": [(str(p), t) for p, t in self.samples],
+                "skipped": [str(p) for p in self.skipped]}
+
+    @classmethod
+    def from_listing(cls, listing: dict) -> ImageFolder:
+        """The data set another process scanned (:meth:`listing`), without scanning again: under ``torchrun``
+        rank 0 scans the folder once and the other ranks take its list."""
+        self = cls.__new__(cls)
+        self.root = Path(listing["root"])
+        self.classes = list(listing["classes"])
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.samples = [(Path(p), int(t)) for p, t in listing["samples"]]
+        self.skipped = [Path(p) for p in listing["skipped"]]
+        return self
+
     @property
     def num_skipped(self) -> int:
         return len(self.skipped)

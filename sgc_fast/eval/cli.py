@@ -50,7 +50,7 @@ from ..metrics import (
 )
 from ..ops import batched_cam
 from ..train.checkpoint import FORMAT, load_checkpoint
-from ..train.cli import _device
+from ..train.dist import default_device
 from ..train.models import ARCHS, OUTPUT_STRIDES, build_model, cam_grads, forward_feats
 
 __all__ = ["METRICS", "build_parser", "main", "run"]
@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.names is not None and len(args.names) != len(args.checkpoint):
         raise SystemExit(f"sgc-eval: --names needs one name per checkpoint ({len(args.checkpoint)}), got {len(args.names)}")
     names = args.names or list(args.checkpoint)
-    device = _device(args)
+    device = default_device(args.device)
     metas = [_meta(p, args) for p in args.checkpoint]
     first = metas[0]
     if args.image_size is None:

@@ -3,10 +3,13 @@
 Command line compatible with the research scripts (``train_eval_sgc.py``: positional data dir, ``-a``,
 ``-j``, ``-b``, ``--lr``, ``--lambda``, ``-t``, ``-p``, ``--epochs``, ``--save_dir``, ``--log_dir``,
 ``--dataset``, ``--resume``, ``-e``, ``--pretrained``, ``--seed``), plus ``--method``, ``--saliency``,
-``--image-size``, ``--device``, ``--weights``, ``--schedule``, ``--bias``, ``--limit``. Examples::
+``--image-size``, ``--device``, ``--weights``, ``--schedule``, ``--bias``, ``--limit``, ``--recipe``,
+``--amp``, ``--negatives`` and the rest below. Several processes (GPUs, machines) through ``torchrun``.
+Examples::
 
     sgc-train --dataset synthetic --image-size 64 --epochs 10 -b 32 --lr 0.01
-    sgc-train /data/cub --dataset cub -a resnet50 --pretrained --saliency masks/cub_train_224.npy
+    sgc-train /data/cub --dataset cub --recipe sgc --pretrained --saliency masks/cub_train_224.sgcmask
+    torchrun --nproc_per_node 4 -m sgc_fast.train /data/cub --dataset cub --recipe sgc --amp bf16 ...
     sgc-train /data/cub --dataset cub --resume checkpoint/last.pt           # continue
     sgc-train /data/cub --dataset cub --resume checkpoint/best.pt -e        # evaluate
 """
@@ -14,12 +17,14 @@ Command line compatible with the research scripts (``train_eval_sgc.py``: positi
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader
 
 from ..data.views import (
     METHODS,
@@ -30,10 +35,11 @@ from ..data.views import (
     collate_views,
 )
 from .checkpoint import FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .loop import JsonlLog, consistency_term, evaluate, train_one_epoch
+from .dist import EpochSampler, World, broadcast_buffers, broadcast_object, setup, teardown
+from .loop import AMP, JsonlLog, TensorBoard, consistency_term, evaluate, train_one_epoch
 from .models import ARCHS, OUTPUT_STRIDES, build_model, export_state_dict
 
-__all__ = ["DATASETS", "build_parser", "main", "run"]
+__all__ = ["DATASETS", "RECIPES", "RUN_ARGS", "build_parser", "main", "run"]
 
 # --dataset -> (number of classes, validation folder); None = from the data (spec §5.2, SGC values).
 DATASETS = {
@@ -47,69 +53,168 @@ DATASETS = {
 }
 STEP_EPOCHS, STEP_GAMMA = 30, 0.1  # step schedule: lr x 0.1 every 30 epochs
 MOMENTUM, WEIGHT_DECAY = 0.9, 1e-4
+# The research code's settings (README commands of train_eval_SGC.py / train_eval_CGC.py, upstream.md §5):
+# --recipe fills whatever the command line leaves out. -b is the global batch (4 GPUs under DataParallel).
+RECIPES = {
+    "sgc": {"method": "sgc", "arch": "resnet50", "epochs": 200, "batch_size": 192, "lr": 0.01, "lambda_": 0.5,
+            "temperature": 0.5, "schedule": "step", "print_freq": 100},
+    "cgc": {"method": "cgc", "arch": "resnet50", "epochs": 90, "batch_size": 256, "lr": 0.1, "lambda_": 0.5,
+            "temperature": 0.5, "schedule": "step", "print_freq": 100},
+}
+# Without --recipe (or what a recipe leaves out).
+DEFAULTS = {"method": "sgc", "arch": "resnet18", "epochs": 90, "batch_size": 256, "lr": 0.1, "lambda_": 0.5,
+            "temperature": 0.5, "schedule": "step", "print_freq": 10, "image_size": 224, "output_stride": 32,
+            "dataset": "synthetic", "bias": 0.0, "negatives": None, "negatives_per_chunk": None}
+# Arguments that define a run: a resume takes them from the checkpoint and refuses a command line that differs.
+RUN_ARGS = ("arch", "method", "dataset", "image_size", "output_stride", "batch_size", "lambda_", "temperature",
+            "schedule", "bias", "limit", "seed", "negatives", "negatives_per_chunk")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sgc-train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("data", nargs="?", default=None, help="dataset root with train/ and val/ (not needed for synthetic)")
-    p.add_argument("-a", "--arch", default="resnet18", choices=ARCHS)
-    p.add_argument("--method", default="sgc", choices=METHODS)
-    p.add_argument("--dataset", default="synthetic", choices=tuple(DATASETS))
+    d = DEFAULTS
+    p.add_argument("data", nargs="?", default=None, help="dataset root with train/ and val/ (not for synthetic)")
+    p.add_argument("--recipe", default=None, choices=tuple(RECIPES),
+                   help=f"the research code's settings for what the command line leaves out: {RECIPES}")
+    p.add_argument("-a", "--arch", default=d["arch"], choices=ARCHS)
+    p.add_argument("--method", default=d["method"], choices=METHODS)
+    p.add_argument("--dataset", default=d["dataset"], choices=tuple(DATASETS))
     p.add_argument("--saliency", default=None,
                    help="SGC masks: PATH to a mask cache (sgc_fast.saliency.MaskCache), 'ground-truth' "
                         "(synthetic), or 'opencv' (computed per sample in the loader; slow)")
-    p.add_argument("--image-size", type=int, default=224, help="S: training / validation view size")
-    p.add_argument("--output-stride", type=int, default=32, choices=OUTPUT_STRIDES,
+    p.add_argument("--image-size", type=int, default=d["image_size"], help="S: training / validation view size")
+    p.add_argument("--output-stride", type=int, default=d["output_stride"], choices=OUTPUT_STRIDES,
                    help="16: layer4 without downsampling, CAMs of S/16 (7x7 at --image-size 112)")
-    p.add_argument("-j", "--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers (default: min(4, CPUs))")
-    p.add_argument("--epochs", type=int, default=90)
-    p.add_argument("-b", "--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--schedule", default="step", choices=("step", "cosine"))
-    p.add_argument("--lambda", dest="lambda_", type=float, default=0.5, help="weight of the consistency term")
-    p.add_argument("-t", "--temperature", type=float, default=0.5)
-    p.add_argument("-p", "--print-freq", type=int, default=10)
+    p.add_argument("-j", "--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="DataLoader workers per process (default: min(4, CPUs))")
+    p.add_argument("--epochs", type=int, default=d["epochs"])
+    p.add_argument("-b", "--batch-size", type=int, default=d["batch_size"],
+                   help="global batch: split evenly over the torchrun processes, as the research code's "
+                        "DataParallel splits it over GPUs")
+    p.add_argument("--lr", type=float, default=d["lr"])
+    p.add_argument("--schedule", default=d["schedule"], choices=("step", "cosine"))
+    p.add_argument("--lambda", dest="lambda_", type=float, default=d["lambda_"], help="weight of the consistency term")
+    p.add_argument("-t", "--temperature", type=float, default=d["temperature"])
+    p.add_argument("-p", "--print-freq", type=int, default=d["print_freq"])
+    p.add_argument("--negatives", default=d["negatives"], choices=("global", "local"),
+                   help="contrastive negatives under torchrun: the whole global batch (default; equals one "
+                        "process on the global batch) or each process's share (as the research code per GPU)")
+    p.add_argument("--negatives-per-chunk", type=int, default=d["negatives_per_chunk"], metavar="N",
+                   help="negatives only within chunks of N samples of each process's batch (the research "
+                        "code's objective on one device: N = batch / #GPUs)")
+    p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"),
+                   help="autocast precision of the forward (fp16 adds a GradScaler)")
+    p.add_argument("--channels-last", action="store_true", help="model and views in channels_last memory format")
+    p.add_argument("--sync-bn", action="store_true", help="torchrun: BatchNorm statistics over all processes")
+    p.add_argument("--max-bad-steps", type=int, default=5, metavar="N",
+                   help="a step with a non-finite loss is skipped; stop after N such steps in a row")
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
+                   help="also write last.pt every STEPS steps inside an epoch (resumed exactly); 0: per epoch")
     p.add_argument("--save_dir", default="checkpoint")
-    p.add_argument("--log_dir", default="logs")
+    p.add_argument("--log_dir", default="logs", help="train.jsonl, and TensorBoard events when tensorboard is installed")
     p.add_argument("--resume", default="", help="checkpoint to continue from (or to evaluate with -e)")
     p.add_argument("-e", "--evaluate", action="store_true", help="only evaluate on the validation split")
     p.add_argument("--pretrained", action="store_true", help="ImageNet weights from the local torch hub cache")
     p.add_argument("--weights", default=None, help="initial weights: a local state dict (research checkpoints too)")
     p.add_argument("--seed", type=int, default=None, help="seed (also turns on deterministic algorithms); default 0 for views")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--bias", type=float, default=0.0, help="synthetic only: background/class correlation")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available; "
+                                                  "cuda:LOCAL_RANK under torchrun)")
+    p.add_argument("--bias", type=float, default=d["bias"], help="synthetic only: background/class correlation")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images of each split")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
-def _datasets(args):
-    """(train base, val base, classes)."""
+def given_args(argv: list[str] | None) -> set[str]:
+    """The ``dest`` of every option the command line sets explicitly."""
+    p = build_parser()
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv)))
+
+
+def _fail(msg: str):
+    raise SystemExit(f"sgc-train: {msg}")
+
+
+def _apply_recipe(args, given: set[str]) -> None:
+    if args.recipe is None:
+        return
+    for key, value in RECIPES[args.recipe].items():
+        if key not in given:
+            setattr(args, key, value)
+
+
+def _validate(args) -> None:
+    """Numbers that would run nonsense, refused before any work."""
+    checks = [
+        ("--epochs", args.epochs, args.epochs >= 1, ">= 1"),
+        ("-b", args.batch_size, args.batch_size >= 2, ">= 2 (the contrast needs negatives, BatchNorm two samples)"),
+        ("--lr", args.lr, math.isfinite(args.lr) and args.lr > 0, "a positive number"),
+        ("--lambda", args.lambda_, math.isfinite(args.lambda_) and args.lambda_ >= 0, "a finite number >= 0"),
+        ("-t", args.temperature, math.isfinite(args.temperature) and args.temperature > 0, "a positive number"),
+        ("--image-size", args.image_size, args.image_size >= 32, ">= 32"),
+        ("-j", args.workers, args.workers >= 0, ">= 0"),
+        ("-p", args.print_freq, args.print_freq >= 1, ">= 1"),
+        ("--max-bad-steps", args.max_bad_steps, args.max_bad_steps >= 1, ">= 1"),
+        ("--checkpoint-every", args.checkpoint_every, args.checkpoint_every >= 0, ">= 0"),
+        ("--bias", args.bias, 0.0 <= args.bias <= 1.0, "in [0, 1]"),
+    ]
+    if args.limit is not None:
+        checks.append(("--limit", args.limit, args.limit >= 1, ">= 1 (leave it out to use every image)"))
+    if args.negatives_per_chunk is not None:
+        checks.append(("--negatives-per-chunk", args.negatives_per_chunk, args.negatives_per_chunk >= 2,
+                       ">= 2 (a chunk of one sample has no negatives)"))
+    for flag, value, ok, want in checks:
+        if not ok:
+            _fail(f"{flag}: expected {want}, got {value}")
+    if args.dataset == "synthetic" and args.data is not None:
+        _fail(f"the data directory {args.data!r} was given with --dataset synthetic, which never reads it; pass "
+              f"--dataset folder (or cub, imagenet, ...) to train on it")
+    if args.negatives == "global" and args.negatives_per_chunk is not None:
+        _fail("--negatives-per-chunk: per-chunk negatives are local; drop --negatives global")
+    if args.evaluate and not args.resume and not args.weights:
+        _fail("-e: evaluation needs a checkpoint (--resume PATH) or weights (--weights PATH)")
+
+
+def _datasets(args, world: World):
+    """(train base, val base, classes, where): the image list is scanned once, by rank 0."""
     if args.dataset == "synthetic":
         from ..data.synthetic import SyntheticShapes
 
         size = max(args.image_size, 32)
         train = SyntheticShapes(split="train", size=size, bias=args.bias, seed=args.seed or 0)
         val = SyntheticShapes(split="val", size=size, bias=args.bias, seed=args.seed or 0)
-        return train, val, list(train.classes)
+        return train, val, list(train.classes), f"synthetic shapes (bias {args.bias}, seed {args.seed or 0})"
     from ..data.folder import ImageFolder
 
     if args.data is None:
-        raise SystemExit(f"sgc-train: --dataset {args.dataset} needs the data directory (positional argument)")
+        _fail(f"--dataset {args.dataset} needs the data directory (positional argument)")
     expected, val_split = DATASETS[args.dataset]
     root = Path(args.data)
     if args.dataset == "cub" and not (root / "val").is_dir() and (root / "test").is_dir():
         val_split = "test"  # CUB is often laid out with test/ (the CGC scripts use it)
-    train = ImageFolder(root, "train")
+    listings = None
+    if world.main:
+        try:
+            train = ImageFolder(root, "train")
+            val = ImageFolder(root, val_split, classes=train.classes)
+            listings = (train.listing(), val.listing())
+        except FileNotFoundError as exc:
+            listings = str(exc)
+    listings = broadcast_object(listings, world)
+    if isinstance(listings, str):
+        _fail(listings)
+    if not world.main:
+        train, val = (ImageFolder.from_listing(x) for x in listings)
     if expected is not None and len(train.classes) != expected:
-        raise SystemExit(f"sgc-train: --dataset {args.dataset} expects {expected} classes, {root / 'train'} has "
-                         f"{len(train.classes)}; use --dataset folder to take the class count from the data")
-    val = ImageFolder(root, val_split, classes=train.classes)
-    return train, val, list(train.classes)
+        _fail(f"--dataset {args.dataset} expects {expected} classes, {root / 'train'} has {len(train.classes)}; use "
+              f"--dataset folder to take the class count from the data")
+    return train, val, list(train.classes), f"{args.dataset} from {root} (train/, {val_split}/)"
 
 
-def _mask_source(args, base):
+def _mask_source(args, base, say):
     if args.method != "sgc":
         return None
     sal = args.saliency
@@ -117,39 +222,39 @@ def _mask_source(args, base):
         if args.dataset == "synthetic":
             sal = "ground-truth"
         else:
-            raise SystemExit("sgc-train: --method sgc needs --saliency PATH (a mask cache from the saliency "
-                             "precompute), or 'opencv' to compute masks in the loader")
+            _fail("--method sgc needs --saliency PATH (a mask cache from sgc-saliency), or 'opencv' to compute "
+                  "masks in the loader")
     if sal == "ground-truth":
+        say("saliency: the data set's ground-truth object masks")
         return GroundTruthMasks(base, args.image_size)
     if sal == "opencv":
         from ..saliency.providers import OpenCVStaticProvider
 
+        say("saliency: OpenCV static saliency, computed per sample in the loader")
         return ProviderMasks(OpenCVStaticProvider())
-    return open_mask_cache(sal, base, args.image_size)
-
-
-def open_mask_cache(path, base, image_size: int):
-    """Open a mask cache built for ``base`` (same ordered image ids) and the centre view of size S."""
-    from ..saliency.cache import MaskCache, StaleMaskCacheError
-    from ..saliency.transforms import center_view_params
-
-    ids = [base.image_id(i) for i in range(len(base))] if hasattr(base, "image_id") else None
-    cache = MaskCache.open(path, MaskCache.make_key(image_ids=ids))
-    transform = cache.key.get("extra", {}).get("transform")
-    if transform is not None and transform != MaskCache.make_key(key_extra=center_view_params(image_size))["extra"]:
-        raise StaleMaskCacheError(f"mask cache {path} was built for the centre view {transform}, this run uses "
-                                  f"--image-size {image_size}")
-    if cache.size != image_size:
-        raise SystemExit(f"sgc-train: mask cache {path} holds {cache.size}x{cache.size} masks, --image-size is {image_size}")
-    if len(cache) != len(base):
-        raise SystemExit(f"sgc-train: mask cache {path} has {len(cache)} masks, the train split {len(base)} images")
+    cache = open_mask_cache(sal, base, args.image_size)
+    provider = cache.key.get("provider", {})
+    say(f"saliency: mask cache {sal} ({provider.get('name', '?')} {provider.get('config', {})})")
     return cache
 
 
-def _device(args) -> torch.device:
-    if args.device:
-        return torch.device(args.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def open_mask_cache(path, base, image_size: int):
+    """Open a mask cache built for ``base``: the same ordered image ids, the same data set (type and, for the
+    synthetic set, its bias and class count) and the centre view of size S."""
+    from ..saliency import cache_key
+    from ..saliency.cache import MaskCache, StaleMaskCacheError
+
+    try:
+        cache = MaskCache.open(path, cache_key(base, image_size))
+    except StaleMaskCacheError as exc:
+        _fail(f"--saliency: {exc}")
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(f"--saliency: {exc}")
+    if cache.size != image_size:
+        _fail(f"mask cache {path} holds {cache.size}x{cache.size} masks, --image-size is {image_size}")
+    if len(cache) != len(base):
+        _fail(f"mask cache {path} has {len(cache)} masks, the train split {len(base)} images")
+    return cache
 
 
 def _scheduler(args, optimizer):
@@ -162,104 +267,226 @@ def _plain_args(args) -> dict:
     return {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in vars(args).items()}
 
 
+def check_writable(folder: str | os.PathLike, flag: str) -> Path:
+    """Create ``folder`` and prove it writable with a throw-away file, before any long work."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        _fail(f"{flag}: {folder} is not a writable folder ({exc.strerror or exc})")
+    return folder
+
+
+def _resume_args(args, ckpt: dict, given: set[str], path: str) -> None:
+    """A resumed run is the checkpoint's run: what the command line leaves out comes from the checkpoint; what
+    it sets to another value is refused, naming each difference. ``--epochs`` may extend the run."""
+    saved = ckpt.get("args") or {}
+    differ = []
+    for key in RUN_ARGS:
+        if key not in saved:
+            continue
+        if key in given:
+            if getattr(args, key) != saved[key]:
+                differ.append(f"{_flag(key)} {getattr(args, key)} (checkpoint: {saved[key]})")
+        else:
+            setattr(args, key, saved[key])
+    if "lr" in saved and "lr" in given and args.lr != saved["lr"]:
+        differ.append(f"--lr {args.lr} (checkpoint: {saved['lr']}; the schedule continues from the checkpoint's "
+                      f"optimiser; start a new run with --weights {path} for another rate)")
+    elif "lr" in saved:
+        args.lr = saved["lr"]
+    if differ:
+        _fail(f"--resume {path}: this command line changes the run: {'; '.join(differ)}. Leave these out (they "
+              f"are taken from the checkpoint) or start a new run")
+    done = int(ckpt["epoch"])
+    if "epochs" not in given:
+        args.epochs = int(saved.get("epochs", args.epochs))
+    elif args.schedule == "cosine" and args.epochs != saved.get("epochs", args.epochs):
+        _fail(f"--epochs {args.epochs}: the cosine schedule of {path} spans {saved.get('epochs')} epochs; changing "
+              f"it on resume is not supported")
+    if not args.evaluate and done >= args.epochs and not int(ckpt.get("step", 0)):
+        _fail(f"--resume {path}: the checkpoint has already trained {done} of --epochs {args.epochs}; pass a larger "
+              f"--epochs to train on (step schedule), or -e to evaluate it")
+
+
+def _flag(dest: str) -> str:
+    return {"lambda_": "--lambda", "temperature": "-t", "batch_size": "-b", "arch": "-a"}.get(
+        dest, "--" + dest.replace("_", "-"))
+
+
 def main(argv: list[str] | None = None) -> dict:
-    """Run ``sgc-train``; returns ``{"acc1", "acc5", "best_acc1", "epoch"}`` (evaluation: acc1/acc5)."""
+    """Run ``sgc-train``; returns ``{"acc1", "acc5", "best_acc1", "epoch", "skipped_steps"}`` (evaluation:
+    acc1/acc5)."""
     args = build_parser().parse_args(argv)
-    progress = not args.no_progress
+    given = given_args(argv if argv is not None else sys.argv[1:])
+    _apply_recipe(args, given)
+    _validate(args)
+    world, device = setup(args.device)
+    try:
+        return _main(args, given, world, device)
+    finally:
+        teardown(world)
+
+
+def _main(args, given: set[str], world: World, device: torch.device) -> dict:
+    say = print if world.main else (lambda *a, **k: None)
+    progress = not args.no_progress and world.main
+
+    ckpt = load_checkpoint(args.resume) if args.resume else None
+    if ckpt is not None and ckpt.get("format") != FORMAT:
+        # A foreign checkpoint (e.g. the research code's): take only its weights.
+        say(f"--resume {args.resume}: not an sgc-train checkpoint; loading its weights into a new run")
+        args.weights, ckpt = args.resume, None
+    if ckpt is not None:
+        _resume_args(args, ckpt, given, args.resume)
+    if args.batch_size % world.size:
+        _fail(f"-b {args.batch_size}: the global batch must split evenly over {world.size} processes")
+    batch_size = args.batch_size // world.size
+    if world.distributed and args.negatives is None:
+        args.negatives = "global"
     seed = 0 if args.seed is None else args.seed
     if args.seed is not None:
         torch.manual_seed(args.seed)
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    device = _device(args)
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
-    train_base, val_base, classes = _datasets(args)
+    train_base, val_base, classes, where = _datasets(args, world)
+    say(f"sgc-train: data set {where}: {len(train_base)} train / {len(val_base)} val images, {len(classes)} classes; "
+        f"{args.method} on {world.size} process(es) ({device.type}), global batch {args.batch_size}")
     limit = args.limit
     train_idx = range(min(limit, len(train_base))) if limit else None
-    val_idx = range(min(limit, len(val_base))) if limit else None
-    val_set = CenterViewDataset(val_base, args.image_size, val_idx)
-    val_loader = DataLoader(val_set, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
-                            pin_memory=device.type == "cuda")
+    val_idx = list(range(min(limit, len(val_base)) if limit else len(val_base)))
+    val_set = CenterViewDataset(val_base, args.image_size, val_idx[world.rank:: world.size])
+    pin = device.type == "cuda"
+    val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False, num_workers=args.workers, pin_memory=pin)
 
-    ckpt = load_checkpoint(args.resume) if args.resume else None
-    if ckpt is not None and ckpt.get("format") != FORMAT:
-        # A foreign checkpoint (e.g. the research code's): take only its weights.
-        args.weights, ckpt = args.resume, None
     model = build_model(args.arch, len(classes), pretrained=args.pretrained and ckpt is None, weights=args.weights,
-                        output_stride=args.output_stride)
+                        output_stride=args.output_stride, log=say)
     if ckpt is not None:
-        if ckpt["arch"] != args.arch or ckpt["num_classes"] != len(classes):
-            raise SystemExit(f"sgc-train: {args.resume} is a {ckpt['arch']} with {ckpt['num_classes']} classes, "
-                             f"this run a {args.arch} with {len(classes)}")
-        stride = ckpt.get("output_stride", 32)
-        if stride != args.output_stride:
-            raise SystemExit(f"sgc-train: {args.resume} was trained with --output-stride {stride}, this run uses "
-                             f"{args.output_stride}")
+        if ckpt["num_classes"] != len(classes):
+            _fail(f"{args.resume} has {ckpt['num_classes']} classes, the data {len(classes)}")
         model.load_state_dict(ckpt["model"])
-    model.to(device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+    amp = AMP(args.amp, device)
+    n_val = len(val_idx)
 
     if args.evaluate:
-        acc1, acc5 = evaluate(model, val_loader, device, progress)
-        print(f"evaluate: top-1 {acc1:.3f}  top-5 {acc5:.3f}  ({len(val_set)} images)")
+        acc1, acc5 = evaluate(model, val_loader, device, progress, world=world, memory_format=memory_format,
+                              amp=amp)
+        say(f"evaluate: top-1 {acc1:.3f}  top-5 {acc5:.3f}  ({n_val} images)")
         return {"acc1": acc1, "acc5": acc5, "epoch": ckpt["epoch"] if ckpt else 0}
 
-    train_set = MultiViewDataset(train_base, args.method, args.image_size, masks=_mask_source(args, train_base),
-                                 indices=train_idx, seed=seed)
-    batch_size = args.batch_size
-    if len(train_set) < batch_size:
-        print(f"sgc-train: {len(train_set)} training images < batch size {batch_size}; using batch size {len(train_set)}")
+    save_dir, log_dir = Path(args.save_dir), Path(args.log_dir)
+    if world.main:
+        check_writable(save_dir, "--save_dir")
+        check_writable(log_dir, "--log_dir")
+    masks = _mask_source(args, train_base, say)
+    train_set = MultiViewDataset(train_base, args.method, args.image_size, masks=masks, indices=train_idx, seed=seed)
+    if len(train_set) < args.batch_size:
+        if world.distributed:
+            _fail(f"{len(train_set)} training images < global batch {args.batch_size}")
+        say(f"sgc-train: {len(train_set)} training images < batch size {batch_size}; using batch size "
+            f"{len(train_set)}")
         batch_size = len(train_set)
     data_generator = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(train_set, batch_size=batch_size, sampler=RandomSampler(train_set, generator=data_generator),
-                              num_workers=args.workers, collate_fn=collate_views, pin_memory=device.type == "cuda",
+    sampler = EpochSampler(len(train_set), data_generator, world.rank, world.size)
+    train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, num_workers=args.workers,
+                              collate_fn=collate_views, pin_memory=pin,
                               drop_last=True)  # drop_last: a batch of 1 has no negatives (spec §8 item 4)
 
+    net = model
+    if world.distributed:
+        if args.sync_bn:
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = net
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     # The classifier is already sized for the data: the optimiser sees every parameter (spec §8 item 6).
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     scheduler = _scheduler(args, optimizer)
-    term_fn = consistency_term(args.method, args.image_size, args.temperature)
-    start_epoch, best_acc1, acc1, acc5 = 0, 0.0, 0.0, 0.0
+    term_fn = consistency_term(args.method, args.image_size, args.temperature,
+                               negatives=args.negatives or "local", chunk=args.negatives_per_chunk)
+    start_epoch, start_step, best_acc1, acc1, acc5 = 0, 0, 0.0, 0.0, 0.0
+    partial = None
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, best_acc1 = int(ckpt["epoch"]), float(ckpt["best_acc1"])
         acc1, acc5 = float(ckpt["acc1"]), float(ckpt["acc5"])
         set_rng_state(ckpt["rng"], data_generator)
-        print(f"resumed {args.resume} at epoch {start_epoch} (best top-1 {best_acc1:.3f})")
+        if "scaler" in ckpt and amp.scaler is not None:
+            amp.scaler.load_state_dict(ckpt["scaler"])
+        start_step = int(ckpt.get("step", 0))
+        if start_step:
+            if int(ckpt.get("world_size", 1)) != world.size:
+                _fail(f"--resume {args.resume}: taken inside an epoch by {ckpt.get('world_size', 1)} process(es), "
+                      f"this run has {world.size}; resume it with as many, or from an epoch-end checkpoint")
+            sampler.resume_at(ckpt["epoch_rng"], start_step * batch_size)
+            partial = {"sums": ckpt["epoch_sums"], "n": int(ckpt["epoch_n"]), "skipped": int(ckpt.get("epoch_skipped", 0))}
+        say(f"resumed {args.resume} at epoch {start_epoch}{f' step {start_step}' if start_step else ''} "
+            f"(best top-1 {best_acc1:.3f}); training to epoch {args.epochs}")
 
-    log = JsonlLog(Path(args.log_dir) / "train.jsonl")
-    log.write(kind="start", start_epoch=start_epoch, args=_plain_args(args), device=str(device),
-              train_images=len(train_set), val_images=len(val_set), classes=len(classes))
-    save_dir = Path(args.save_dir)
+    def state(epoch_done: int, step: int = 0, **extra) -> dict:
+        return {
+            "format": FORMAT, "arch": args.arch, "num_classes": len(classes), "classes": classes,
+            "output_stride": args.output_stride, "method": args.method, "epoch": epoch_done, "step": step,
+            "world_size": world.size, "model": export_state_dict(model), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "acc1": acc1, "acc5": acc5, "best_acc1": best_acc1,
+            "rng": rng_state(data_generator), "args": _plain_args(args),
+            **({"scaler": amp.scaler.state_dict()} if amp.scaler is not None else {}), **extra,
+        }
+
+    def mid_epoch_checkpoint(epoch: int, step: int, sums: torch.Tensor, n: int, skipped: int) -> None:
+        broadcast_buffers(model, world)
+        if world.main:
+            save_checkpoint(save_dir / "last.pt", state(epoch, step, epoch_rng=sampler.epoch_state,
+                                                        epoch_sums=sums.clone(), epoch_n=n, epoch_skipped=skipped))
+
+    log = JsonlLog(log_dir / "train.jsonl" if world.main else None)
+    board = TensorBoard(log_dir if world.main else None)
+    log.write(kind="start", start_epoch=start_epoch, start_step=start_step, args=_plain_args(args),
+              device=str(device), world_size=world.size, data=where, train_images=len(train_set),
+              val_images=n_val, classes=len(classes), tensorboard=board.enabled)
+    skipped_total = 0
     try:
         for epoch in range(start_epoch, args.epochs):
             train_set.set_epoch(epoch)
-            stats = train_one_epoch(model, train_loader, optimizer, method=args.method, term_fn=term_fn,
-                                    lambda_=args.lambda_, device=device, epoch=epoch, log=log,
-                                    print_freq=args.print_freq, progress=progress)
+            stats = train_one_epoch(
+                net, train_loader, optimizer, method=args.method, term_fn=term_fn, lambda_=args.lambda_,
+                device=device, epoch=epoch, log=log, print_freq=args.print_freq, progress=progress, world=world,
+                amp=amp, memory_format=memory_format, max_bad_steps=args.max_bad_steps,
+                checkpoint_every=args.checkpoint_every, on_checkpoint=mid_epoch_checkpoint,
+                start_step=start_step if epoch == start_epoch else 0,
+                partial=partial if epoch == start_epoch else None, board=board)
+            skipped_total += stats.pop("skipped_steps")
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
-            acc1, acc5 = evaluate(model, val_loader, device, progress)
+            broadcast_buffers(model, world)
+            acc1, acc5 = evaluate(model, val_loader, device, progress, world=world, memory_format=memory_format,
+                                  amp=amp)
             is_best = acc1 > best_acc1 or epoch == start_epoch and best_acc1 == 0.0
             best_acc1 = max(best_acc1, acc1)
             log.write(kind="val", epoch=epoch, acc1=acc1, acc5=acc5, best_acc1=best_acc1, lr=lr,
                       train_loss=stats["loss"], train_term=stats["term"])
-            print(f"epoch {epoch}: loss {stats['loss']:.4f} (term {stats['term']:.4f})  val top-1 {acc1:.3f} "
-                  f"top-5 {acc5:.3f}  best {best_acc1:.3f}")
-            state = {
-                "format": FORMAT, "arch": args.arch, "num_classes": len(classes), "classes": classes,
-                "output_stride": args.output_stride,
-                "method": args.method, "epoch": epoch + 1, "model": export_state_dict(model),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "acc1": acc1, "acc5": acc5, "best_acc1": best_acc1, "rng": rng_state(data_generator),
-                "args": _plain_args(args),
-            }
-            save_checkpoint(save_dir / "last.pt", state)
-            if is_best:
-                save_checkpoint(save_dir / "best.pt", state)
+            board.scalars("val", epoch, acc1=acc1, acc5=acc5, train_loss=stats["loss"], train_term=stats["term"],
+                          lr=lr)
+            say(f"epoch {epoch}: loss {stats['loss']:.4f} (term {stats['term']:.4f})  val top-1 {acc1:.3f} "
+                f"top-5 {acc5:.3f}  best {best_acc1:.3f}")
+            if world.main:
+                checkpoint = state(epoch + 1)
+                save_checkpoint(save_dir / "last.pt", checkpoint)
+                if is_best:
+                    save_checkpoint(save_dir / "best.pt", checkpoint)
     finally:
         log.close()
-    return {"acc1": acc1, "acc5": acc5, "best_acc1": best_acc1, "epoch": args.epochs}
+        board.close()
+    return {"acc1": acc1, "acc5": acc5, "best_acc1": best_acc1, "epoch": args.epochs, "skipped_steps": skipped_total}
 
 
 def run() -> int:

@@ -6,10 +6,15 @@ view vs original view), :class:`sgc_fast.CGCLoss` (crop view vs warped original 
 :class:`sgc_fast.L2ConsistencyLoss` (crop frame, the research L2 baseline); ``baseline`` is
 ``CE(xe)`` alone. Each view is a separate forward in train mode (BatchNorm statistics per view, as
 upstream). The CAM target of both views is the original view's prediction, taken on the device.
+
+Under ``torchrun`` the model is a ``DistributedDataParallel``; every rank runs the same number of steps, a
+step whose loss is not finite on any rank is skipped on every rank (the per-step loss values are summed over
+the ranks anyway, for the log), and validation is sharded and its counts summed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -21,9 +26,11 @@ from torch import nn
 from tqdm import tqdm
 
 from ..loss import CGCLoss, L2ConsistencyLoss, SGCLoss
+from .dist import World, all_sum
 from .models import cam_grads, forward_feats
 
-__all__ = ["JsonlLog", "consistency_term", "train_step", "train_one_epoch", "evaluate"]
+__all__ = ["AMP", "JsonlLog", "TensorBoard", "NonFiniteLossError", "consistency_term", "train_step",
+           "train_one_epoch", "evaluate"]
 
 PARTS = ("loss", "ce_xe", "ce_orig", "ce_aug", "term", "acc1")
 
@@ -47,13 +54,63 @@ class JsonlLog:
             self._f.close()
 
 
-def consistency_term(method: str, image_size: int, temperature: float) -> nn.Module | None:
-    """The ``lambda``-weighted term of ``method`` (None for ``baseline``)."""
+class TensorBoard:
+    """TensorBoard event files in ``folder`` when the ``tensorboard`` package is installed (else nothing)."""
+
+    def __init__(self, folder: str | os.PathLike | None) -> None:
+        self._writer = None
+        if folder is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard not installed: the JSON lines are the log
+                return
+            self._writer = SummaryWriter(log_dir=str(folder))
+
+    @property
+    def enabled(self) -> bool:
+        return self._writer is not None
+
+    def scalars(self, prefix: str, step: int, **values) -> None:
+        if self._writer is not None:
+            for name, value in values.items():
+                self._writer.add_scalar(f"{prefix}/{name}", value, step)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+class AMP:
+    """Mixed precision of the forward: ``"none"``, ``"bf16"`` (autocast) or ``"fp16"`` (autocast + GradScaler).
+    The fused ops take the reduced-precision activations as they are and compute in float32."""
+
+    DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+    def __init__(self, mode: str, device: torch.device) -> None:
+        if mode not in ("none", *self.DTYPES):
+            raise ValueError(f"amp: expected 'none', 'bf16' or 'fp16', got {mode!r}")
+        self.mode, self.device_type = mode, device.type
+        self.scaler = torch.amp.GradScaler(device.type) if mode == "fp16" else None
+
+    def autocast(self):
+        if self.mode == "none":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.DTYPES[self.mode])
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Too many steps in a row had a non-finite loss (``--max-bad-steps``)."""
+
+
+def consistency_term(method: str, image_size: int, temperature: float, negatives: str = "local",
+                     chunk: int | None = None) -> nn.Module | None:
+    """The ``lambda``-weighted term of ``method`` (None for ``baseline``); ``negatives``/``chunk`` as in
+    :class:`sgc_fast.SGCLoss`."""
     size = (image_size, image_size)
     if method == "sgc":
-        return SGCLoss(temperature=temperature)
+        return SGCLoss(temperature=temperature, negatives=negatives, chunk=chunk)
     if method == "cgc":
-        return CGCLoss(size=size, temperature=temperature)
+        return CGCLoss(size=size, temperature=temperature, negatives=negatives, chunk=chunk)
     if method == "l2":
         return L2ConsistencyLoss(size=size)
     if method == "baseline":
@@ -62,19 +119,24 @@ def consistency_term(method: str, image_size: int, temperature: float) -> nn.Mod
 
 
 def train_step(model: nn.Module, batch: dict, method: str, term_fn: nn.Module | None, lambda_: float,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+               device: torch.device, memory_format=torch.contiguous_format) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss of one batch from :func:`sgc_fast.data.views.collate_views`. Returns ``(loss, parts)`` with
-    ``parts`` = the detached values of :data:`PARTS` as one tensor (read back with a single sync)."""
+    ``parts`` = the detached values of :data:`PARTS` as one float32 tensor (read back with a single sync).
+    Run it under autocast for mixed precision."""
     nb = device.type == "cuda"
+
+    def view(name):
+        return batch[name].to(device, non_blocking=nb).contiguous(memory_format=memory_format)
+
     y = batch["target"].to(device, non_blocking=nb)
-    logits_xe = model(batch["xe"].to(device, non_blocking=nb))
-    ce_xe = F.cross_entropy(logits_xe, y)
+    logits_xe = model(view("xe"))
+    ce_xe = F.cross_entropy(logits_xe.float(), y)
     acc1 = (logits_xe.detach().argmax(1) == y).float().mean() * 100
     zero = ce_xe.detach().new_zeros(())
     if method == "baseline":
         return ce_xe, torch.stack([ce_xe.detach(), ce_xe.detach(), zero, zero, zero, acc1])
-    logits_orig, feats_orig = forward_feats(model, batch["orig"].to(device, non_blocking=nb))
-    logits_aug, feats_aug = forward_feats(model, batch["aug"].to(device, non_blocking=nb))
+    logits_orig, feats_orig = forward_feats(model, view("orig"))
+    logits_aug, feats_aug = forward_feats(model, view("aug"))
     targets = logits_orig.detach().argmax(1)  # CAM target: the original view's prediction (no host trip)
     grads_orig = cam_grads(model, logits_orig, feats_orig, targets)
     grads_aug = cam_grads(model, logits_aug, feats_aug, targets)
@@ -87,8 +149,9 @@ def train_step(model: nn.Module, batch: dict, method: str, term_fn: nn.Module | 
             term = term_fn(feats_orig, grads_orig, feats_aug, grads_aug, crop, flip)
         else:
             term = term_fn(feats_orig, grads_orig, feats_aug, grads_aug, crop=crop, flip=flip)
-    ce_orig = F.cross_entropy(logits_orig, y)
-    ce_aug = F.cross_entropy(logits_aug, y)
+    ce_orig = F.cross_entropy(logits_orig.float(), y)
+    ce_aug = F.cross_entropy(logits_aug.float(), y)
+    term = term.float()
     loss = ce_xe + ce_orig + ce_aug + lambda_ * term
     parts = torch.stack([loss.detach(), ce_xe.detach(), ce_orig.detach(), ce_aug.detach(), term.detach(), acc1])
     return loss, parts
@@ -96,50 +159,100 @@ def train_step(model: nn.Module, batch: dict, method: str, term_fn: nn.Module | 
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, *, method: str,
                     term_fn: nn.Module | None, lambda_: float, device: torch.device, epoch: int,
-                    log: JsonlLog, print_freq: int = 10, progress: bool = True) -> dict:
-    """One pass over ``loader``; logs every step; returns the epoch means of :data:`PARTS`."""
+                    log: JsonlLog, print_freq: int = 10, progress: bool = True, world: World | None = None,
+                    amp: AMP | None = None, memory_format=torch.contiguous_format, max_bad_steps: int = 5,
+                    checkpoint_every: int = 0, on_checkpoint=None, start_step: int = 0, partial: dict | None = None,
+                    board: TensorBoard | None = None) -> dict:
+    """One pass over ``loader``; logs every step; returns the epoch means of :data:`PARTS` (over the ranks) and
+    ``skipped_steps``.
+
+    A step whose loss is NaN or infinite (on any rank) is not applied (no ``optimizer.step()``); after
+    ``max_bad_steps`` such steps in a row :class:`NonFiniteLossError` stops the run, before a checkpoint of the
+    bad state is written. ``checkpoint_every > 0`` calls ``on_checkpoint(epoch, steps_done, sums, n, skipped)``
+    every that many steps; ``start_step``/``partial`` continue an epoch from such a checkpoint.
+    """
+    world = world or World()
+    amp = amp or AMP("none", device)
     model.train()
     sums = torch.zeros(len(PARTS), dtype=torch.float64)
-    n = 0
+    n, skipped, bad_run = 0, 0, 0
+    if partial is not None:
+        sums, n, skipped = partial["sums"].clone().to(torch.float64), int(partial["n"]), int(partial["skipped"])
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, dynamic_ncols=True, leave=False)
     t0 = time.perf_counter()
-    for step, batch in enumerate(bar):
-        loss, parts = train_step(model, batch, method, term_fn, lambda_, device)
+    step = start_step - 1
+    for step, batch in enumerate(bar, start=start_step):
+        with amp.autocast():
+            loss, parts = train_step(model, batch, method, term_fn, lambda_, device, memory_format)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if amp.scaler is not None:
+            amp.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        parts = all_sum(parts.float(), world) / world.size  # the global batch's values; NaN if any rank's is
         values = parts.tolist()  # the step's one host sync
-        if not all(v == v for v in values[:5]):
-            raise FloatingPointError(f"epoch {epoch} step {step}: non-finite loss {dict(zip(PARTS, values, strict=True))}")
+        finite = all(abs(v) != float("inf") and v == v for v in values[:5])
+        if finite:
+            if amp.scaler is not None:
+                amp.scaler.step(optimizer)
+                amp.scaler.update()
+            else:
+                optimizer.step()
+            bad_run = 0
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            skipped, bad_run = skipped + 1, bad_run + 1
+            if amp.scaler is not None:  # an overflow in the fp16 forward: retry with half the scale
+                amp.scaler.update(amp.scaler.get_scale() * amp.scaler.get_backoff_factor())
+            log.write(kind="skip", epoch=epoch, step=step, **dict(zip(PARTS, values, strict=True)))
+            if bad_run >= max_bad_steps:
+                raise NonFiniteLossError(
+                    f"epoch {epoch} step {step}: {bad_run} steps in a row with a non-finite loss "
+                    f"{dict(zip(PARTS, values, strict=True))}; stopped (--max-bad-steps {max_bad_steps}); "
+                    f"the last checkpoint is the last good state")
         t1 = time.perf_counter()
-        B = batch["target"].shape[0]
+        B = batch["target"].shape[0] * world.size
         record = dict(zip(PARTS, values, strict=True))
         log.write(kind="train", epoch=epoch, step=step, lr=optimizer.param_groups[0]["lr"], batch=B,
-                  images_per_s=B / max(t1 - t0, 1e-9), **record)
+                  images_per_s=B / max(t1 - t0, 1e-9), applied=finite, **record)
         t0 = t1
-        sums += torch.tensor(values, dtype=torch.float64)
-        n += 1
+        if finite:
+            sums += torch.tensor(values, dtype=torch.float64)
+            n += 1
+        if board is not None and finite and step % max(print_freq, 1) == 0:
+            board.scalars("train", epoch * len(loader) + step, **record)
         if progress and (step % max(print_freq, 1) == 0):
             bar.set_postfix(loss=f"{values[0]:.4f}", term=f"{values[4]:.4f}", acc1=f"{values[5]:.1f}")
+        if checkpoint_every and on_checkpoint is not None and (step + 1) % checkpoint_every == 0:
+            on_checkpoint(epoch, step + 1, sums, n, skipped)
     bar.close()
-    if n == 0:
+    if step < start_step:
         raise ValueError("train: the loader yielded no batch (dataset smaller than the batch size?)")
-    return dict(zip(PARTS, (sums / n).tolist(), strict=True))
+    if n == 0:
+        raise NonFiniteLossError(f"epoch {epoch}: no step had a finite loss")
+    out = dict(zip(PARTS, (sums / n).tolist(), strict=True))
+    out["skipped_steps"] = skipped
+    return out
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, progress: bool = True) -> tuple[float, float]:
-    """Top-1 / top-5 accuracy (%) on ``loader`` of ``(images, targets)``, eval mode."""
+def evaluate(model: nn.Module, loader, device: torch.device, progress: bool = True, *, world: World | None = None,
+             memory_format=torch.contiguous_format, amp: AMP | None = None) -> tuple[float, float]:
+    """Top-1 / top-5 accuracy (%) on ``loader`` of ``(images, targets)``, eval mode. Under torchrun each rank
+    passes its shard and the counts are summed (``model`` must then be the plain module, not the DDP wrapper)."""
+    world = world or World()
     model.eval()
-    correct = torch.zeros(2, dtype=torch.int64, device=device)
-    total = 0
+    correct = torch.zeros(3, dtype=torch.int64, device=device)
+    ctx = amp.autocast() if amp is not None else contextlib.nullcontext()
     for images, targets in tqdm(loader, desc="val", disable=not progress, dynamic_ncols=True, leave=False):
-        images, targets = images.to(device), targets.to(device)
-        logits = model(images)
+        images = images.to(device).contiguous(memory_format=memory_format)
+        targets = targets.to(device)
+        with ctx:
+            logits = model(images)
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
         hit = top == targets[:, None]
-        correct += torch.stack([hit[:, 0].sum(), hit.any(1).sum()])
-        total += targets.shape[0]
-    c = correct.tolist()
-    return 100.0 * c[0] / max(total, 1), 100.0 * c[1] / max(total, 1)
+        correct += torch.stack([hit[:, 0].sum(), hit.any(1).sum(), hit.new_tensor(targets.shape[0], dtype=torch.int64)])
+    c = all_sum(correct, world).tolist()
+    total = max(c[2], 1)
+    return 100.0 * c[0] / total, 100.0 * c[1] / total
