@@ -401,6 +401,10 @@ def _main(args, given: set[str], world: World, device: torch.device) -> dict:
                               drop_last=True)  # drop_last: a batch of 1 has no negatives (spec §8 item 4)
 
     net = model
+    if args.sync_bn and world.distributed and device.type != "cuda":
+        _fail("--sync-bn: torch's SyncBatchNorm runs on CUDA devices only, this run is on the CPU")
+    if args.sync_bn and not world.distributed:
+        say("--sync-bn: one process; BatchNorm is already over the whole batch")
     if world.distributed:
         if args.sync_bn:
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
