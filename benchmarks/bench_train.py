@@ -4,11 +4,19 @@ per sample inside the data loader (what the research code does with U²-Net), sa
     .venv/bin/python benchmarks/bench_train.py                          # OpenCV spectral residual, CPU
     .venv/bin/python benchmarks/bench_train.py --provider u2netp-random  # small U²-Net, random weights
     .venv/bin/python benchmarks/bench_train.py --image-size 224 --images 256 -b 32 --device cuda
+    .venv/bin/python benchmarks/bench_train.py --precision fp32 --precision bf16     # mixed precision rows
 
 For each provider: build the cache once (timed: ``precompute_s``), then train one epoch with masks from
 the cache and one epoch with masks computed in ``__getitem__`` (``ProviderMasks``), each from the same
 initial weights, and report images/s of the whole epoch (loading + forward + backward + step). A
 one-step warm-up runs first. Rows are appended to ``benchmarks/results/train.csv``.
+
+``--precision P`` (repeatable: fp32, bf16, fp16) measures instead one sgc epoch per precision (autocast, a
+GradScaler for fp16; masks from the data set's ground truth, so only the step differs), each in its own
+process so that the peak memory is that precision's: peak RSS of the process on the CPU (the interpreter and
+torch included, the same for every row), ``torch.cuda.max_memory_allocated`` on a GPU. The precisions run
+round-robin ``--repeats`` times and the median epoch is reported, with the ratio to the first precision.
+Rows go to ``benchmarks/results/train_precision.csv``.
 """
 
 from __future__ import annotations
@@ -16,8 +24,12 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import json
 import os
 import platform
+import resource
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,14 +41,17 @@ from torch.utils.data import DataLoader
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sgc_fast.data.views import MultiViewDataset, ProviderMasks, collate_views  # noqa: E402
-from sgc_fast.train.loop import JsonlLog, consistency_term, train_one_epoch  # noqa: E402
+from sgc_fast.data.views import GroundTruthMasks, MultiViewDataset, ProviderMasks, collate_views  # noqa: E402
+from sgc_fast.train.loop import AMP, JsonlLog, consistency_term, train_one_epoch  # noqa: E402
 from sgc_fast.train.models import build_model  # noqa: E402
 
 CSV = ROOT / "benchmarks" / "results" / "train.csv"
 COLUMNS = ("date", "device", "torch", "arch", "method", "image_size", "batch", "images", "workers", "provider",
            "masks", "precompute_s", "epoch_s", "images_per_s", "speedup_vs_loader")
 PROVIDERS = ("opencv", "u2netp-random", "u2net-random")
+PRECISION_CSV = ROOT / "benchmarks" / "results" / "train_precision.csv"
+PRECISION_COLUMNS = ("date", "device", "torch", "arch", "method", "image_size", "batch", "images", "precision",
+                     "repeats", "epoch_s", "images_per_s", "peak_mb", "memory", "speedup_vs_first")
 
 
 def device_name(device: torch.device) -> str:
@@ -77,8 +92,8 @@ def build_cache(path: Path, base, provider, image_size: int, batch: int) -> tupl
     return cache, time.perf_counter() - t0
 
 
-def run_epoch(args, base, masks, init_state, device) -> float:
-    """Seconds for one training epoch over ``base`` with ``masks``."""
+def run_epoch(args, base, masks, init_state, device, precision: str = "fp32") -> float:
+    """Seconds for one training epoch over ``base`` with ``masks`` (autocast at ``precision``)."""
     model = build_model(args.arch, len(base.classes), log=lambda *_: None)
     model.load_state_dict(init_state)
     model.to(device)
@@ -91,8 +106,9 @@ def run_epoch(args, base, masks, init_state, device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
+    amp = AMP({"fp32": "none"}.get(precision, precision), device)
     train_one_epoch(model, loader, opt, method="sgc", term_fn=term, lambda_=0.5, device=device, epoch=0, log=log,
-                    progress=False)
+                    progress=False, amp=amp)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - t0
@@ -107,9 +123,17 @@ def main(argv=None) -> list[dict]:
     p.add_argument("-b", "--batch-size", type=int, default=32)
     p.add_argument("-j", "--workers", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", action="append", choices=("fp32", "bf16", "fp16"),
+                   help="repeatable: one sgc epoch per precision instead of the provider comparison")
+    p.add_argument("--repeats", type=int, default=3, help="--precision: round-robin repeats (median reported)")
+    p.add_argument("--one-precision", default=None, help=argparse.SUPPRESS)  # internal: one measuring process
     p.add_argument("--no-csv", action="store_true")
     args = p.parse_args(argv)
     device = torch.device(args.device)
+    if args.one_precision:
+        return measure_precision(args, device)
+    if args.precision:
+        return precision_rows(args, argv if argv is not None else sys.argv[1:], device)
 
     from sgc_fast.data.synthetic import SyntheticShapes
 
@@ -155,6 +179,81 @@ def main(argv=None) -> list[dict]:
                 w.writeheader()
             w.writerows(rows)
         print(f"\nappended {len(rows)} rows to {CSV.relative_to(ROOT)}")
+    return rows
+
+
+def measure_precision(args, device) -> dict:
+    """(child process) one warm-up step set, then one timed epoch at ``--one-precision``; prints JSON."""
+    from sgc_fast.data.synthetic import SyntheticShapes
+
+    torch.set_num_threads(torch.get_num_threads())
+    base = SyntheticShapes("train", size=args.image_size, length=args.images)
+    torch.manual_seed(0)
+    init_state = build_model(args.arch, len(base.classes), log=lambda *_: None).state_dict()
+    masks = GroundTruthMasks(base, args.image_size)
+    warm = torch.utils.data.Subset(base, range(args.batch_size))
+    warm.classes = base.classes
+    run_epoch(args, warm, masks, init_state, device, args.one_precision)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    secs = run_epoch(args, base, masks, init_state, device, args.one_precision)
+    if device.type == "cuda":
+        peak, memory = torch.cuda.max_memory_allocated(device) / 2**20, "cuda max_memory_allocated"
+    else:
+        peak, memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
+    out = {"epoch_s": secs, "peak_mb": peak, "memory": memory}
+    print("RESULT " + json.dumps(out), flush=True)
+    return out
+
+
+def precision_rows(args, argv: list[str], device) -> list[dict]:
+    passthrough = [a for a in argv if a != "--no-csv"]
+    cleaned, skip = [], False
+    for a in passthrough:  # drop --precision P / --repeats N: the child measures one precision
+        if skip:
+            skip = False
+            continue
+        if a in ("--precision", "--repeats"):
+            skip = True
+            continue
+        if a.startswith(("--precision=", "--repeats=")):
+            continue
+        cleaned.append(a)
+    runs: dict[str, list[dict]] = {p: [] for p in args.precision}
+    for _ in range(args.repeats):
+        for prec in args.precision:
+            proc = subprocess.run([sys.executable, __file__, *cleaned, "--one-precision", prec], capture_output=True,
+                                  text=True, check=False)
+            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+            if proc.returncode or not line:
+                raise SystemExit(f"bench_train: the {prec} run failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+            runs[prec].append(json.loads(line[-1][len("RESULT "):]))
+    trained = (args.images // args.batch_size) * args.batch_size
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    first = statistics.median(r["epoch_s"] for r in runs[args.precision[0]])
+    rows = []
+    for prec, rs in runs.items():
+        secs = statistics.median(r["epoch_s"] for r in rs)
+        rows.append({"date": stamp, "device": device_name(device), "torch": torch.__version__, "arch": args.arch,
+                     "method": "sgc", "image_size": args.image_size, "batch": args.batch_size, "images": args.images,
+                     "precision": prec, "repeats": args.repeats, "epoch_s": f"{secs:.2f}",
+                     "images_per_s": f"{trained / secs:.1f}", "peak_mb": f"{max(r['peak_mb'] for r in rs):.0f}",
+                     "memory": rs[0]["memory"], "speedup_vs_first": f"{first / secs:.2f}"})
+    print(f"\n{rows[0]['device']}, torch {torch.__version__}, {args.arch}, S={args.image_size}, {args.images} images, "
+          f"b={args.batch_size}: one sgc epoch, median of {args.repeats}\n")
+    print("| precision | epoch s | images/s | peak MB | vs first |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['precision']} | {r['epoch_s']} | {r['images_per_s']} | {r['peak_mb']} ({r['memory']}) | "
+              f"{r['speedup_vs_first']}x |")
+    if not args.no_csv:
+        PRECISION_CSV.parent.mkdir(parents=True, exist_ok=True)
+        new = not PRECISION_CSV.exists()
+        with open(PRECISION_CSV, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=PRECISION_COLUMNS)
+            if new:
+                w.writeheader()
+            w.writerows(rows)
+        print(f"\nappended {len(rows)} rows to {PRECISION_CSV.relative_to(ROOT)}")
     return rows
 
 

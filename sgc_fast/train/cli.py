@@ -374,6 +374,9 @@ def _main(args, given: set[str], world: World, device: torch.device) -> dict:
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     amp = AMP(args.amp, device)
+    if args.amp == "fp16" and device.type == "cpu":
+        say("--amp fp16: on the CPU float16 convolutions are ~20x slower than float32 "
+            "(benchmarks/results/train_precision.csv); --amp bf16 is the CPU's fast precision")
     n_val = len(val_idx)
 
     if args.evaluate:
