@@ -127,6 +127,8 @@ def main(argv=None) -> list[dict]:
                    help="repeatable: one sgc epoch per precision instead of the provider comparison")
     p.add_argument("--repeats", type=int, default=3, help="--precision: round-robin repeats (median reported)")
     p.add_argument("--one-precision", default=None, help=argparse.SUPPRESS)  # internal: one measuring process
+    p.add_argument("--csv", default=None, help="--precision: CSV to append to (default "
+                                               "benchmarks/results/train_precision.csv)")
     p.add_argument("--no-csv", action="store_true")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -246,14 +248,15 @@ def precision_rows(args, argv: list[str], device) -> list[dict]:
         print(f"| {r['precision']} | {r['epoch_s']} | {r['images_per_s']} | {r['peak_mb']} ({r['memory']}) | "
               f"{r['speedup_vs_first']}x |")
     if not args.no_csv:
-        PRECISION_CSV.parent.mkdir(parents=True, exist_ok=True)
-        new = not PRECISION_CSV.exists()
-        with open(PRECISION_CSV, "a", newline="") as f:
+        out = Path(args.csv) if args.csv else PRECISION_CSV
+        out.parent.mkdir(parents=True, exist_ok=True)
+        new = not out.exists()
+        with open(out, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=PRECISION_COLUMNS)
             if new:
                 w.writeheader()
             w.writerows(rows)
-        print(f"\nappended {len(rows)} rows to {PRECISION_CSV.relative_to(ROOT)}")
+        print(f"\nappended {len(rows)} rows to {out}")
     return rows
 
 

@@ -4,18 +4,21 @@
 # while the budget allows (the glue ablation, kernel launch counts, fwd/bwd split, ResNet-18 shape). Every
 # result lands in $OUT (default ./gpu_results), at most 8 files:
 #   device.txt build.log gpu_tests.log memcheck.log ops.csv bench.log launches.md summary.md
-# (cam mode: device.txt build.log cam.csv cam.log summary.md)
-# Usage: BUDGET=520 [WHEELS=dir] bash benchmarks/gpu_check.sh [all|tests|bench|cam]
+# (cam mode: device.txt build.log cam.csv cam.log summary.md; train mode: device.txt build.log
+#  train_precision.csv train.log summary.md)
+# Usage: BUDGET=520 [WHEELS=dir] bash benchmarks/gpu_check.sh [all|tests|bench|cam|train]
 #   tests: build, GPU tests, compute-sanitizer memcheck; bench: build, benchmarks; all (default): build, GPU
 #   tests, benchmarks (no memcheck); cam: build, then bench_cam.py (sgc_fast.CAM against pytorch-grad-cam,
 #   captum and torchcam; fp32 and bf16, ResNet-18/50 and ConvNeXt-T at 224 px, B = 1/16/64) into cam.csv and
 #   cam.log. The anchors are benchmark-only: on a machine without internet put their wheels (grad-cam, ttach,
 #   captum, torchcam and what the machine lacks of their needs) in a folder, WHEELS=dir; a missing anchor is a
-#   failed row, sgc_fast's rows still run.
+#   failed row, sgc_fast's rows still run. train: build, then one sgc training epoch per precision (fp32, bf16;
+#   ResNet-50, 224 px, batch 64, 512 synthetic images) with bench_train.py --precision, then a 2-epoch
+#   sgc-train run with --amp bf16 --channels-last (the fused kernels on reduced-precision features, end to end).
 # Split over two calls on one warm machine, the second build is an incremental no-op (build/ is kept).
 set -uo pipefail
 MODE=${1:-all}
-case "$MODE" in all|tests|bench|cam) ;; *) echo "usage: $0 [all|tests|bench|cam]" >&2; exit 2;; esac
+case "$MODE" in all|tests|bench|cam|train) ;; *) echo "usage: $0 [all|tests|bench|cam|train]" >&2; exit 2;; esac
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_results}
 mkdir -p "$OUT"
@@ -53,6 +56,18 @@ if [ "$MODE" = cam ]; then
     timeout $(($(left) - 30)) $PY benchmarks/bench_cam.py --device cuda --amp $amp --reps 20 --warmup 3 \
       --csv "$OUT/cam.csv" 2>&1 | tee -a "$OUT/cam.log"
   done
+  stage "done"
+  exit 0
+fi
+
+if [ "$MODE" = train ]; then
+  stage "training epoch per precision (bench_train.py --precision)"
+  timeout $(($(left) - 150)) $PY benchmarks/bench_train.py --device cuda --precision fp32 --precision bf16 \
+    -a resnet50 --image-size 224 -b 64 --images 512 -j 8 --repeats 2 --csv "$OUT/train_precision.csv" 2>&1 | tee -a "$OUT/train.log"
+  stage "sgc-train --amp bf16 --channels-last, 2 epochs"
+  timeout $(($(left) - 10)) $PY -m sgc_fast.train --dataset synthetic --image-size 224 --limit 1024 -b 64 \
+    -a resnet50 --epochs 2 --lr 0.01 --amp bf16 --channels-last -j 8 --no-progress --save_dir /tmp/ck \
+    --log_dir /tmp/lg 2>&1 | tee -a "$OUT/train.log"
   stage "done"
   exit 0
 fi
