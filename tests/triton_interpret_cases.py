@@ -157,9 +157,23 @@ def _check_contrast(cam_orig, cam_aug, dtype, **kw):
     g = torch.randn_like(want).masked_fill(torch.isinf(want), 0.0)
     got_g = torch.autograd.grad(got, leaves, g)
     want_g = torch.autograd.grad(want, leaves, g)
-    for name, a, e in zip(("dcam_orig", "dcam_aug", "dneg_cam")[: len(leaves)], got_g, want_g, strict=True):
+    if dtype == F32:
+        # Some random problems are ill-conditioned (a crop of 1-2 pixels makes the warped map nearly constant, and a
+        # gradient that is ~0 comes out of cancelling large terms): there every float32 implementation, the reference
+        # too, is off by more than 20 ulp of the largest gradient. Judge the kernels against the float64 truth, with
+        # room for the float32 reference's own error on this problem.
+        leaves64 = [t.detach().double().requires_grad_() for t in leaves]
+        kw64 = {**kw, "neg_cam": leaves64[2]} if len(leaves) > 2 else kw
+        want64 = reference.contrast_logits(leaves64[0], leaves64[1], **kw64)
+        truth = torch.autograd.grad(want64, leaves64, g.double())
+    for k, (name, a, e) in enumerate(zip(("dcam_orig", "dcam_aug", "dneg_cam")[: len(leaves)], got_g, want_g,
+                                         strict=True)):
         assert a.dtype == e.dtype
-        assert_close(a, e, 20 * RTOL[dtype], what=name)
+        if dtype == F32:
+            ref_err = (e.double() - truth[k]).abs().max().item()
+            assert_close(a, truth[k].to(a.dtype), 20 * RTOL[dtype], atol=8 * ref_err, what=name)
+        else:
+            assert_close(a, e, 20 * RTOL[dtype], what=name)
 
 
 @pytest.mark.parametrize("dtype", [F32, F64], ids=str)

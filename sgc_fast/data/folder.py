@@ -80,7 +80,7 @@ class ImageFolder(Dataset):
 
     def listing(self) -> dict:
         """What the scan found (``classes``, ``samples``, ``skipped``), for :meth:`from_listing` elsewhere."""
-        return {"root": str(self.root), "classes": self.classes, "samples": [(str(p), t) for p, t in self.samples],
+        return {"kind": "folder", "root": str(self.root), "classes": self.classes, "samples": [(str(p), t) for p, t in self.samples],
                 "skipped": [str(p) for p in self.skipped]}
 
     @classmethod

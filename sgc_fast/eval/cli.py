@@ -231,7 +231,11 @@ def _meta(path: str, args) -> dict:
 
 def _model(path: str, meta: dict, num_classes: int, device) -> torch.nn.Module:
     if meta["ckpt"] is None:
-        model = build_model(meta["arch"], num_classes, weights=path, output_stride=meta["output_stride"])
+        try:
+            model = build_model(meta["arch"], num_classes, weights=path, output_stride=meta["output_stride"],
+                                require_head=True)
+        except ValueError as exc:
+            raise SystemExit(f"sgc-eval: {exc}") from None
     else:
         if meta["ckpt"]["num_classes"] != num_classes:
             raise SystemExit(f"sgc-eval: {path} has {meta['ckpt']['num_classes']} classes, the data {num_classes}")

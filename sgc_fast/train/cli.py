@@ -36,17 +36,19 @@ from ..data.views import (
 )
 from .checkpoint import FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .dist import EpochSampler, World, broadcast_buffers, broadcast_object, setup, teardown
-from .loop import AMP, JsonlLog, TensorBoard, consistency_term, evaluate, train_one_epoch
+from .loop import AMP, JsonlLog, SemiSupervisedLoader, TensorBoard, consistency_term, evaluate, train_one_epoch
 from .models import ARCHS, OUTPUT_STRIDES, build_model, export_state_dict
 
 __all__ = ["DATASETS", "RECIPES", "RUN_ARGS", "build_parser", "main", "run"]
 
-# --dataset -> (number of classes, validation folder); None = from the data (spec §5.2, SGC values).
+# --dataset -> (number of classes, validation folder of an ImageFolder layout); None = from the data (spec §5.2,
+# SGC values). The native layouts (sgc_fast.data.layouts) are read when <data>/train/ is not there.
 DATASETS = {
     "synthetic": (None, "val"),
     "imagenet": (100, "val"),  # ImageNet-100, as SGC; use --dataset folder for ImageNet-1k
     "cub": (200, "val"),
     "aircraft": (100, "val"),
+    "fgvc": (100, "val"),  # the research code's name for aircraft
     "cars": (196, "val"),
     "flowers": (102, "val"),
     "folder": (None, "val"),
@@ -60,14 +62,21 @@ RECIPES = {
             "temperature": 0.5, "schedule": "step", "print_freq": 100},
     "cgc": {"method": "cgc", "arch": "resnet50", "epochs": 90, "batch_size": 256, "lr": 0.1, "lambda_": 0.5,
             "temperature": 0.5, "schedule": "step", "print_freq": 100},
+    # 1%-label ImageNet from SwAV (README of the SGC repository; upstream.md §6): head lr 5, trunk 0.02, no weight
+    # decay, x0.2 at epochs 12 and 16, 50 epochs, 128 labelled + 128 unlabelled images per step.
+    "semisup": {"method": "sgc", "arch": "resnet50", "epochs": 50, "batch_size": 128, "lr": 0.02, "lr_last_layer": 5.0,
+                "wd": 0.0, "schedule": "multistep", "milestones": [12, 16], "gamma": 0.2, "lambda_": 0.5,
+                "temperature": 0.5, "labels_fraction": 0.01, "print_freq": 100},
 }
 # Without --recipe (or what a recipe leaves out).
 DEFAULTS = {"method": "sgc", "arch": "resnet18", "epochs": 90, "batch_size": 256, "lr": 0.1, "lambda_": 0.5,
             "temperature": 0.5, "schedule": "step", "print_freq": 10, "image_size": 224, "output_stride": 32,
-            "dataset": "synthetic", "bias": 0.0, "negatives": None, "negatives_per_chunk": None}
+            "dataset": "synthetic", "bias": 0.0, "negatives": None, "negatives_per_chunk": None, "wd": WEIGHT_DECAY,
+            "milestones": [30, 60, 90], "gamma": 0.1}
 # Arguments that define a run: a resume takes them from the checkpoint and refuses a command line that differs.
 RUN_ARGS = ("arch", "method", "dataset", "image_size", "output_stride", "batch_size", "lambda_", "temperature",
-            "schedule", "bias", "limit", "seed", "negatives", "negatives_per_chunk")
+            "schedule", "bias", "limit", "seed", "negatives", "negatives_per_chunk", "labels_fraction",
+            "labels_subset", "lr_last_layer", "wd", "milestones", "gamma")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-a", "--arch", default=d["arch"], choices=ARCHS)
     p.add_argument("--method", default=d["method"], choices=METHODS)
     p.add_argument("--dataset", default=d["dataset"], choices=tuple(DATASETS))
+    p.add_argument("--class-list", default=None,
+                   help="imagenet: file of wnids, one per line (default: the ImageNet-100 list of CMC shipped in "
+                        "sgc_fast/data/imagenet100.txt, or the 100 folders of a prepared ImageNet-100)")
     p.add_argument("--saliency", default=None,
                    help="SGC masks: PATH to a mask cache (sgc_fast.saliency.MaskCache), 'ground-truth' "
                         "(synthetic), or 'opencv' (computed per sample in the loader; slow)")
@@ -93,7 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="global batch: split evenly over the torchrun processes, as the research code's "
                         "DataParallel splits it over GPUs")
     p.add_argument("--lr", type=float, default=d["lr"])
-    p.add_argument("--schedule", default=d["schedule"], choices=("step", "cosine"))
+    p.add_argument("--lr-last-layer", type=float, default=None,
+                   help="learning rate of the classifier fc (default: --lr), as the semi-supervised research script")
+    p.add_argument("--wd", type=float, default=d["wd"], help="weight decay (every parameter, as the research code)")
+    p.add_argument("--schedule", default=d["schedule"], choices=("step", "cosine", "multistep"),
+                   help="step: x0.1 every 30 epochs; multistep: x--gamma at each of --milestones")
+    p.add_argument("--milestones", type=int, nargs="+", default=d["milestones"], help="multistep: epochs")
+    p.add_argument("--gamma", type=float, default=d["gamma"], help="multistep: factor")
+    p.add_argument("--labels-fraction", type=float, default=None, metavar="F",
+                   help="semi-supervised: cross-entropy on F of the training images per class (seeded; 0.01 = the "
+                        "1%% ImageNet setting), the consistency term on all of them (pseudo-labels)")
+    p.add_argument("--labels-subset", default=None, metavar="FILE",
+                   help="semi-supervised: the labelled images as a file of image names, one per line (e.g. SwAV's "
+                        "1percent.txt / 10percent.txt)")
     p.add_argument("--lambda", dest="lambda_", type=float, default=d["lambda_"], help="weight of the consistency term")
     p.add_argument("-t", "--temperature", type=float, default=d["temperature"])
     p.add_argument("-p", "--print-freq", type=int, default=d["print_freq"])
@@ -163,6 +187,13 @@ def _validate(args) -> None:
     ]
     if args.limit is not None:
         checks.append(("--limit", args.limit, args.limit >= 1, ">= 1 (leave it out to use every image)"))
+    if args.labels_fraction is not None:
+        checks.append(("--labels-fraction", args.labels_fraction, 0 < args.labels_fraction <= 1, "in (0, 1]"))
+    if args.lr_last_layer is not None:
+        checks.append(("--lr-last-layer", args.lr_last_layer, math.isfinite(args.lr_last_layer) and
+                       args.lr_last_layer > 0, "a positive number"))
+    checks.append(("--wd", args.wd, math.isfinite(args.wd) and args.wd >= 0, "a finite number >= 0"))
+    checks.append(("--gamma", args.gamma, math.isfinite(args.gamma) and 0 < args.gamma <= 1, "in (0, 1]"))
     if args.negatives_per_chunk is not None:
         checks.append(("--negatives-per-chunk", args.negatives_per_chunk, args.negatives_per_chunk >= 2,
                        ">= 2 (a chunk of one sample has no negatives)"))
@@ -174,6 +205,12 @@ def _validate(args) -> None:
               f"--dataset folder (or cub, imagenet, ...) to train on it")
     if args.negatives == "global" and args.negatives_per_chunk is not None:
         _fail("--negatives-per-chunk: per-chunk negatives are local; drop --negatives global")
+    if args.labels_fraction is not None and args.labels_subset is not None:
+        _fail("--labels-subset: give the labelled images either as a fraction or as a file, not both")
+    if (args.labels_fraction is not None or args.labels_subset is not None) and args.checkpoint_every:
+        _fail("--checkpoint-every: mid-epoch checkpoints are not supported for semi-supervised runs")
+    if (args.labels_fraction is not None or args.labels_subset is not None) and args.method == "baseline":
+        _fail("--labels-fraction: a semi-supervised run needs a consistency term (--method sgc, cgc or l2)")
     if args.evaluate and not args.resume and not args.weights:
         _fail("-e: evaluation needs a checkpoint (--resume PATH) or weights (--weights PATH)")
 
@@ -187,31 +224,56 @@ def _datasets(args, world: World):
         train = SyntheticShapes(split="train", size=size, bias=args.bias, seed=args.seed or 0)
         val = SyntheticShapes(split="val", size=size, bias=args.bias, seed=args.seed or 0)
         return train, val, list(train.classes), f"synthetic shapes (bias {args.bias}, seed {args.seed or 0})"
-    from ..data.folder import ImageFolder
-
     if args.data is None:
         _fail(f"--dataset {args.dataset} needs the data directory (positional argument)")
-    expected, val_split = DATASETS[args.dataset]
-    root = Path(args.data)
-    if args.dataset == "cub" and not (root / "val").is_dir() and (root / "test").is_dir():
-        val_split = "test"  # CUB is often laid out with test/ (the CGC scripts use it)
+    expected = DATASETS[args.dataset][0]
     listings = None
     if world.main:
         try:
-            train = ImageFolder(root, "train")
-            val = ImageFolder(root, val_split, classes=train.classes)
-            listings = (train.listing(), val.listing())
-        except FileNotFoundError as exc:
+            train, val, where = open_data(args.dataset, args.data, class_list=args.class_list)
+            listings = (train.listing(), val.listing(), where)
+        except (FileNotFoundError, ValueError, ImportError) as exc:
             listings = str(exc)
     listings = broadcast_object(listings, world)
     if isinstance(listings, str):
         _fail(listings)
-    if not world.main:
-        train, val = (ImageFolder.from_listing(x) for x in listings)
+    if world.main:
+        where = listings[2]
+    else:
+        from ..data.layouts import from_listing
+
+        train, val, where = from_listing(listings[0]), from_listing(listings[1]), listings[2]
     if expected is not None and len(train.classes) != expected:
-        _fail(f"--dataset {args.dataset} expects {expected} classes, {root / 'train'} has {len(train.classes)}; use "
+        _fail(f"--dataset {args.dataset} expects {expected} classes, {where} has {len(train.classes)}; use "
               f"--dataset folder to take the class count from the data")
-    return train, val, list(train.classes), f"{args.dataset} from {root} (train/, {val_split}/)"
+    return train, val, list(train.classes), where
+
+
+def open_data(dataset: str, data, class_list=None):
+    """(train, validation, description) of ``--dataset`` under ``data``: an ImageFolder layout (``train/`` and
+    ``val/``, or ``test/`` for CUB) when ``<data>/train/`` exists (ImageNet: restricted to the class list), else the
+    data set's native layout (:mod:`sgc_fast.data.layouts`)."""
+    from ..data.folder import ImageFolder
+    from ..data.layouts import ALIASES, imagenet100_classes, open_split
+
+    root = Path(data)
+    name = ALIASES.get(dataset, dataset)
+    if name == "folder" or ((root / "train").is_dir() and name != "imagenet"):
+        val_split = "val"
+        if name == "cub" and not (root / "val").is_dir() and (root / "test").is_dir():
+            val_split = "test"  # CUB is often laid out with test/ (the CGC scripts use it)
+        train = ImageFolder(root, "train")
+        val = ImageFolder(root, val_split, classes=train.classes)
+        return train, val, f"{dataset} from {root} (train/, {val_split}/)"
+    if name == "imagenet" and (root / "train").is_dir() and class_list is None:
+        found = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
+        if found == imagenet100_classes():
+            pass  # an ImageNet-100 folder of the shipped list
+        elif len(found) == 100:
+            class_list = found  # a prepared 100-class folder: its own classes
+    train = open_split(name, root, "train", class_list=class_list)
+    val = open_split(name, root, "test", class_list=class_list)
+    return train, val, f"{dataset} from {root} (native layout, train / test)"
 
 
 def _mask_source(args, base, say):
@@ -260,7 +322,57 @@ def open_mask_cache(path, base, image_size: int):
 def _scheduler(args, optimizer):
     if args.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(args.epochs, 1))
+    if args.schedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(args.milestones), gamma=args.gamma)
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=STEP_EPOCHS, gamma=STEP_GAMMA)
+
+
+def _optimizer(args, model):
+    """SGD on every parameter; with ``--lr-last-layer`` the classifier is its own group at that rate (the
+    semi-supervised research script: its parameters whose name holds 'head')."""
+    if args.lr_last_layer is None:
+        return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=MOMENTUM, weight_decay=args.wd)
+    head = [p for n, p in model.named_parameters() if n.startswith("fc.")]
+    trunk = [p for n, p in model.named_parameters() if not n.startswith("fc.")]
+    return torch.optim.SGD([{"params": trunk, "lr": args.lr}, {"params": head, "lr": args.lr_last_layer}],
+                           lr=args.lr, momentum=MOMENTUM, weight_decay=args.wd)
+
+
+def labelled_indices(base, indices, fraction: float | None, subset: str | None, seed: int) -> list[int]:
+    """The labelled images of a semi-supervised run, as indices into ``base`` (a subset of ``indices``):
+    ``fraction`` of each class, at least one, drawn with ``seed``; or the images named in the ``subset`` file
+    (file names, or paths ending in them)."""
+    pool = list(indices)
+    if hasattr(base, "samples"):  # image lists: the labels without opening an image
+        targets = [int(base.samples[i][1]) for i in pool]
+    elif isinstance(getattr(base, "targets", None), list):
+        targets = [int(base.targets[i]) for i in pool]
+    else:
+        targets = [int(base[i][1]) for i in pool]
+    if subset is not None:
+        try:
+            with open(subset, encoding="utf-8") as f:
+                names = {Path(line.strip()).name for line in f if line.strip()}
+        except OSError as exc:
+            _fail(f"--labels-subset: cannot read {subset} ({exc.strerror or exc})")
+        chosen = [i for i in pool if Path(base.image_id(i)).name in names]
+        if not chosen:
+            _fail(f"--labels-subset: none of the {len(names)} names in {subset} is an image of the training split")
+        if len(chosen) < len(names):
+            print(f"--labels-subset: {len(names) - len(chosen)} of the {len(names)} names in {subset} are not in the "
+                  f"training split")
+        return chosen
+    g = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, t in zip(pool, targets, strict=True):
+        by_class.setdefault(t, []).append(i)
+    chosen = []
+    for t in sorted(by_class):
+        members = by_class[t]
+        k = max(1, round(fraction * len(members)))
+        order = torch.randperm(len(members), generator=g)[:k].tolist()
+        chosen.extend(members[j] for j in order)
+    return sorted(chosen)
 
 
 def _plain_args(args) -> dict:
@@ -365,8 +477,11 @@ def _main(args, given: set[str], world: World, device: torch.device) -> dict:
     pin = device.type == "cuda"
     val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False, num_workers=args.workers, pin_memory=pin)
 
-    model = build_model(args.arch, len(classes), pretrained=args.pretrained and ckpt is None, weights=args.weights,
-                        output_stride=args.output_stride, log=say)
+    try:
+        model = build_model(args.arch, len(classes), pretrained=args.pretrained and ckpt is None, weights=args.weights,
+                            output_stride=args.output_stride, log=say, require_head=args.evaluate)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
     if ckpt is not None:
         if ckpt["num_classes"] != len(classes):
             _fail(f"{args.resume} has {ckpt['num_classes']} classes, the data {len(classes)}")
@@ -398,10 +513,28 @@ def _main(args, given: set[str], world: World, device: torch.device) -> dict:
             f"{len(train_set)}")
         batch_size = len(train_set)
     data_generator = torch.Generator().manual_seed(seed)
-    sampler = EpochSampler(len(train_set), data_generator, world.rank, world.size)
-    train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, num_workers=args.workers,
-                              collate_fn=collate_views, pin_memory=pin,
-                              drop_last=True)  # drop_last: a batch of 1 has no negatives (spec §8 item 4)
+    semi = args.labels_fraction is not None or args.labels_subset is not None
+    unlabelled_generator = torch.Generator().manual_seed(seed + 1)
+    if semi:
+        pool = train_idx if train_idx is not None else range(len(train_base))
+        chosen = labelled_indices(train_base, pool, args.labels_fraction, args.labels_subset, seed)
+        labelled_set = MultiViewDataset(train_base, "baseline", args.image_size, indices=chosen, seed=seed)
+        if len(labelled_set) < args.batch_size:
+            _fail(f"semi-supervised: {len(labelled_set)} labelled images < batch size {args.batch_size}; lower -b")
+        say(f"semi-supervised: {len(labelled_set)} labelled images (cross-entropy), {len(train_set)} unlabelled "
+            f"(the consistency term with pseudo-labels), {len(labelled_set) // args.batch_size} steps per epoch")
+        sampler = EpochSampler(len(labelled_set), data_generator, world.rank, world.size)
+        labelled = DataLoader(labelled_set, batch_size=batch_size, sampler=sampler, num_workers=args.workers,
+                              collate_fn=collate_views, pin_memory=pin, drop_last=True)
+        unlabelled = DataLoader(train_set, batch_size=batch_size, sampler=EpochSampler(
+            len(train_set), unlabelled_generator, world.rank, world.size), num_workers=args.workers,
+            collate_fn=collate_views, pin_memory=pin, drop_last=True)
+        train_loader = SemiSupervisedLoader(labelled, unlabelled)
+    else:
+        sampler = EpochSampler(len(train_set), data_generator, world.rank, world.size)
+        train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, num_workers=args.workers,
+                                  collate_fn=collate_views, pin_memory=pin,
+                                  drop_last=True)  # drop_last: a batch of 1 has no negatives (spec §8 item 4)
 
     net = model
     if args.sync_bn and world.distributed and device.type != "cuda":
@@ -415,7 +548,7 @@ def _main(args, given: set[str], world: World, device: torch.device) -> dict:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     # The classifier is already sized for the data: the optimiser sees every parameter (spec §8 item 6).
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    optimizer = _optimizer(args, model)
     scheduler = _scheduler(args, optimizer)
     term_fn = consistency_term(args.method, args.image_size, args.temperature,
                                negatives=args.negatives or "local", chunk=args.negatives_per_chunk)
@@ -427,6 +560,8 @@ def _main(args, given: set[str], world: World, device: torch.device) -> dict:
         start_epoch, best_acc1 = int(ckpt["epoch"]), float(ckpt["best_acc1"])
         acc1, acc5 = float(ckpt["acc1"]), float(ckpt["acc5"])
         set_rng_state(ckpt["rng"], data_generator)
+        if "unlabelled_rng" in ckpt:
+            unlabelled_generator.set_state(ckpt["unlabelled_rng"])
         if "scaler" in ckpt and amp.scaler is not None:
             amp.scaler.load_state_dict(ckpt["scaler"])
         start_step = int(ckpt.get("step", 0))
@@ -446,6 +581,7 @@ def _main(args, given: set[str], world: World, device: torch.device) -> dict:
             "world_size": world.size, "model": export_state_dict(model), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "acc1": acc1, "acc5": acc5, "best_acc1": best_acc1,
             "rng": rng_state(data_generator), "args": _plain_args(args),
+            **({"unlabelled_rng": unlabelled_generator.get_state()} if semi else {}),
             **({"scaler": amp.scaler.state_dict()} if amp.scaler is not None else {}), **extra,
         }
 

@@ -29,7 +29,7 @@ from ..loss import CGCLoss, L2ConsistencyLoss, SGCLoss
 from .dist import World, all_sum
 from .models import cam_grads, forward_feats
 
-__all__ = ["AMP", "JsonlLog", "TensorBoard", "NonFiniteLossError", "consistency_term", "train_step",
+__all__ = ["AMP", "JsonlLog", "SemiSupervisedLoader", "TensorBoard", "NonFiniteLossError", "consistency_term", "train_step",
            "train_one_epoch", "evaluate"]
 
 PARTS = ("loss", "ce_xe", "ce_orig", "ce_aug", "term", "acc1")
@@ -98,6 +98,31 @@ class AMP:
         return torch.autocast(self.device_type, dtype=self.DTYPES[self.mode])
 
 
+class SemiSupervisedLoader:
+    """One epoch = one pass over the labelled loader; each labelled batch (``xe``, ``target``: the cross-entropy)
+    is paired with the next unlabelled batch (the views of the consistency term, whose labels are never used),
+    the unlabelled loader restarting when it runs out (upstream.md §6)."""
+
+    VIEWS = ("orig", "aug", "mask", "crop", "flip")
+
+    def __init__(self, labelled, unlabelled) -> None:
+        self.labelled, self.unlabelled = labelled, unlabelled
+
+    def __len__(self) -> int:
+        return len(self.labelled)
+
+    def __iter__(self):
+        views = iter(self.unlabelled)
+        for batch in self.labelled:
+            try:
+                u = next(views)
+            except StopIteration:
+                views = iter(self.unlabelled)
+                u = next(views)
+            yield {"xe": batch["xe"], "target": batch["target"], "semi": True,
+                   **{k: u[k] for k in self.VIEWS if k in u}}
+
+
 class NonFiniteLossError(FloatingPointError):
     """Too many steps in a row had a non-finite loss (``--max-bad-steps``)."""
 
@@ -149,8 +174,11 @@ def train_step(model: nn.Module, batch: dict, method: str, term_fn: nn.Module | 
             term = term_fn(feats_orig, grads_orig, feats_aug, grads_aug, crop, flip)
         else:
             term = term_fn(feats_orig, grads_orig, feats_aug, grads_aug, crop=crop, flip=flip)
-    ce_orig = F.cross_entropy(logits_orig.float(), y)
-    ce_aug = F.cross_entropy(logits_aug.float(), y)
+    if batch.get("semi"):  # semi-supervised: the views are unlabelled, only xe has a label
+        ce_orig = ce_aug = zero
+    else:
+        ce_orig = F.cross_entropy(logits_orig.float(), y)
+        ce_aug = F.cross_entropy(logits_aug.float(), y)
     term = term.float()
     loss = ce_xe + ce_orig + ce_aug + lambda_ * term
     parts = torch.stack([loss.detach(), ce_xe.detach(), ce_orig.detach(), ce_aug.detach(), term.detach(), acc1])

@@ -40,28 +40,50 @@ def _plain_keys(state: dict) -> dict:
     return {plain_name(k): v for k, v in state.items()}
 
 
-def load_weights(model: nn.Module, source: str | os.PathLike | dict, log=print) -> None:
-    """Load a local state dict (file or dict) into ``model``: ``state_dict``/``model`` nesting and
-    ``module.`` prefixes are removed; a classifier of another shape is skipped with a message; any
-    other missing or unexpected key is an error."""
+#: Keys of self-supervised heads that a classifier never uses: SwAV's MLP projection head and prototypes.
+SSL_HEAD_PREFIXES = ("projection_head.", "prototypes.")
+HEAD_KEYS = ("fc.weight", "fc.bias")
+
+
+def load_weights(model: nn.Module, source: str | os.PathLike | dict, log=print, require_head: bool = False) -> None:
+    """Load a local state dict (file or dict) into ``model``: ``state_dict``/``model`` nesting and ``module.``
+    prefixes are removed; SwAV's ``projection_head.*``/``prototypes.*`` are dropped with a message; a classifier
+    of another shape, or none (a backbone-only file such as SwAV's), leaves ``fc`` at its fresh initialisation with
+    a message. ``require_head=True`` (evaluation) refuses both instead: a random classifier is never scored. Any
+    other missing or unexpected key, or shape difference, is an error."""
     state = torch.load(source, map_location="cpu", weights_only=True) if not isinstance(source, dict) else source
     if not isinstance(state, dict):
         raise ValueError(f"weights: {source} holds a {type(state).__name__}, expected a state dict")
     state = _plain_keys(state)
+    name = source if not isinstance(source, dict) else "state dict"
+    dropped = sorted(k for k in state if k.startswith(SSL_HEAD_PREFIXES))
+    if dropped:
+        log(f"weights: {name}: dropping {len(dropped)} self-supervised head tensors ({dropped[0]}, ...): not part of "
+            f"a classifier")
+        state = {k: v for k, v in state.items() if k not in dropped}
     own = model.state_dict()
-    skipped = [k for k in ("fc.weight", "fc.bias") if k in state and k in own and state[k].shape != own[k].shape]
+    skipped = [k for k in HEAD_KEYS if k in state and k in own and state[k].shape != own[k].shape]
     if skipped:
+        if require_head:
+            raise ValueError(f"weights: {name} has a classifier of shape {list(state['fc.weight'].shape)}, the model "
+                             f"needs {list(own['fc.weight'].shape)}: it cannot be evaluated (another data set?)")
         log(f"weights: skipping classifier {skipped} (shape {list(state['fc.weight'].shape)} in the file, "
             f"{list(own['fc.weight'].shape)} in the model): it keeps its fresh initialisation")
         state = {k: v for k, v in state.items() if k not in skipped}
-    name = source if not isinstance(source, dict) else "state dict"
     wrong = [f"{k} {list(v.shape)} (model {list(own[k].shape)})" for k, v in state.items()
              if k in own and v.shape != own[k].shape]
     if wrong:
         raise ValueError(f"weights: {name} does not fit the model: shapes differ for {wrong[:4]}"
                          f"{f' and {len(wrong) - 4} more' if len(wrong) > 4 else ''} (another --arch?)")
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in skipped]
+    headless = [k for k in missing if k in HEAD_KEYS and k not in skipped]
+    if headless:
+        if require_head:
+            raise ValueError(f"weights: {name} has no classifier ({', '.join(headless)} missing): a backbone-only "
+                             f"file cannot be evaluated; fine-tune it first")
+        log(f"weights: {name} has no classifier: a new fc of {list(own['fc.weight'].shape)} is trained from its "
+            f"fresh initialisation")
+    missing = [k for k in missing if k not in HEAD_KEYS]
     if missing or unexpected:
         raise ValueError(f"weights: {name} does not fit the model: missing {missing[:8]}, unexpected {unexpected[:8]}")
 
@@ -83,7 +105,7 @@ def set_output_stride(model: nn.Module, output_stride: int) -> nn.Module:
 
 
 def build_model(arch: str, num_classes: int, pretrained: bool = False, weights: str | os.PathLike | None = None,
-                log=print, output_stride: int = 32) -> nn.Module:
+                log=print, output_stride: int = 32, require_head: bool = False) -> nn.Module:
     """``torchvision.models.<arch>(num_classes=num_classes)``, optionally initialised from the ImageNet
     weights in the local hub cache (``pretrained``; never downloaded) or from a local file (``weights``);
     ``output_stride=16`` removes layer4's downsampling (:func:`set_output_stride`)."""
@@ -100,7 +122,7 @@ def build_model(arch: str, num_classes: int, pretrained: bool = False, weights: 
                 f"(or copy {os.path.basename(path)} into {path.parent}, or pass --weights PATH)")
         load_weights(model, path, log=log)
     if weights is not None:
-        load_weights(model, weights, log=log)
+        load_weights(model, weights, log=log, require_head=require_head)
     return model
 
 
