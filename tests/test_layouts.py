@@ -251,3 +251,33 @@ def test_sgc_train_reads_a_native_layout(cub, tmp_path, capsys, monkeypatch):
     assert out["epoch"] == 1
     first = capsys.readouterr().out.splitlines()[0]
     assert "native layout" in first and "9 train / 3 val images" in first
+
+
+def test_sgc_eval_reads_native_boxes_with_the_research_eval_size(cub, tmp_path, monkeypatch):
+    from sgc_fast.eval.cli import main as eval_main
+    from sgc_fast.train import cli
+
+    parent, _ = cub
+    monkeypatch.setitem(cli.DATASETS, "cub", (None, "val"))
+    train_main([str(parent), "--dataset", "cub", "--method", "cgc", "--image-size", "32", "-b", "3", "--epochs", "1",
+                "-j", "0", "--no-progress", "--save_dir", str(tmp_path / "ck"), "--log_dir", str(tmp_path / "lg")])
+    out = eval_main([str(parent), "--dataset", "cub", "--checkpoint", str(tmp_path / "ck" / "last.pt"), "-j", "0",
+                     "--no-progress", "--no-causal", "--out", str(tmp_path / "r.json"), "-b", "4"])
+    assert out["config"]["eval_size"] == 448  # a CGC checkpoint: CGC's tables were evaluated at 448
+    row = out["results"][0]
+    assert row["images"] == 3 and row["content_heatmap"] is not None  # boxes from bounding_boxes.txt
+    assert 1 <= row["ch_images"] <= 3  # (a CAM of zero mass is skipped)
+
+
+def test_shape_order_groups_equal_input_shapes(tmp_path):
+    from sgc_fast.eval.cli import shape_order
+
+    sizes = [(40, 30), (30, 40), (40, 30), (80, 60), (30, 40)]
+    samples = []
+    for k, (w, h) in enumerate(sizes):
+        _img(tmp_path / f"{k}.jpg", w, h)
+        samples.append((tmp_path / f"{k}.jpg", 0))
+    base = ImageList(tmp_path, samples, ["a"])
+    # shorter side to 30: 40x30 and 80x60 both become 40x30 (w x h); 30x40 stays
+    assert shape_order(base, range(5), 30) == [0, 2, 3, 1, 4]
+    assert shape_order(base, range(5), None) == [0, 2, 1, 4, 3]

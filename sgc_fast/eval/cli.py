@@ -23,6 +23,8 @@ tie order, seeded sampling, zero-mass maps skipped rather than mixed in. Example
     sgc-eval /data/synth --dataset folder --split test --checkpoint best.pt          # boxes.json
     sgc-eval /data/cub --dataset folder --split val --annotations /data/cub/annotation --eval-size 448 \\
         --checkpoint best.pt
+    sgc-eval /data/CUB_200_2011 --dataset cub --checkpoint best.pt             # boxes from bounding_boxes.txt
+    sgc-eval /data/imagenet --dataset imagenet --checkpoint best.pt --causal-all   # flat val/ + annotation/*.xml
 """
 
 from __future__ import annotations
@@ -71,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="architecture of a foreign (non sgc-train) checkpoint; sgc-train checkpoints record theirs")
     p.add_argument("--output-stride", type=int, default=32, choices=OUTPUT_STRIDES,
                    help="of a foreign checkpoint; sgc-train checkpoints record theirs")
-    p.add_argument("--dataset", default="synthetic", choices=("synthetic", "folder"))
+    p.add_argument("--dataset", default="synthetic",
+                   choices=("synthetic", "folder", "cub", "aircraft", "fgvc", "cars", "flowers", "imagenet"),
+                   help="cub, aircraft, cars, imagenet: the native layout (sgc_fast.data.layouts) and its boxes")
+    p.add_argument("--class-list", default=None, help="imagenet: wnids, one per line (default: the shipped ImageNet-100)")
     p.add_argument("--split", default=None, help="split to evaluate (default: test for synthetic, val for folder)")
     p.add_argument("--annotations", default=None,
                    help="folder only: directory of Pascal-VOC XMLs (<image id>.xml, or flat <stem>.xml); default: "
@@ -83,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--view", default="full", choices=("full", "center"),
                    help="full: whole image resized to --eval-size; center: sgc-train's validation view")
     p.add_argument("--eval-size", type=int, default=None,
-                   help="full: shorter side fed to the model (default: no resize); center: S (default: --image-size)")
+                   help="full: shorter side fed to the model (default: no resize; for the native layouts the research "
+                        "scripts' 224 for SGC, 448 for CGC checkpoints); center: S (default: --image-size)")
     p.add_argument("-b", "--batch-size", type=int, default=32)
     p.add_argument("-j", "--workers", type=int, default=min(4, os.cpu_count() or 1))
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
@@ -93,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spg-seed", type=int, default=0, help="stochastic pointing game generator seed")
     p.add_argument("--no-causal", action="store_true", help="skip insertion / deletion AUC")
     p.add_argument("--causal-limit", type=int, default=500, help="insertion / deletion on the first N images only")
+    p.add_argument("--causal-all", action="store_true", help="insertion / deletion on every image of the split")
     p.add_argument("--causal-steps", type=int, default=None, help="insertion / deletion steps (default 28)")
     p.add_argument("--out", default="results.json", help="JSON results ('' to skip)")
     p.add_argument("--grid", default=None, help="write a heatmap grid PNG here")
@@ -178,8 +185,41 @@ def _voc_boxes(ann: Path, base):
     return boxes
 
 
+NATIVE = ("cub", "aircraft", "fgvc", "cars", "flowers", "imagenet")
+#: --eval-size of --view full on the native layouts: the research evaluation scripts' input_resize (upstream.md §7:
+#: 224 in the SGC README, 448 in CGC's tables).
+EVAL_SIZE = {"cgc": 448}
+DEFAULT_EVAL_SIZE = 224
+
+
+def _native(args, ckpt_meta: dict):
+    from ..data.layouts import open_split
+
+    split = args.split or "test"
+    try:
+        base = open_split(args.dataset, args.data, split, class_list=args.class_list, annotations=args.annotations)
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        raise SystemExit(f"sgc-eval: {exc}") from None
+    if ckpt_meta["classes"] is not None and list(base.classes) != list(ckpt_meta["classes"]):
+        raise SystemExit(f"sgc-eval: the checkpoint was trained on {len(ckpt_meta['classes'])} classes "
+                         f"({ckpt_meta['classes'][:2]}...), {args.dataset} {split} has {len(base.classes)} "
+                         f"({list(base.classes)[:2]}...)")
+    if getattr(base, "has_boxes", False):
+        boxes = base.boxes
+    elif args.annotations:
+        boxes = _voc_boxes(Path(args.annotations), base)
+    else:
+        raise SystemExit(f"sgc-eval: {args.dataset} {split} has no boxes (content heatmap and pointing game need "
+                         f"them); pass --annotations DIR with Pascal-VOC XMLs")
+    return base, boxes, list(base.classes), {"split": split, "root": str(args.data)}
+
+
 def _dataset(args, ckpt_meta: dict):
     """(base, boxes_fn, classes, info)."""
+    if args.dataset in NATIVE:
+        if args.data is None:
+            raise SystemExit(f"sgc-eval: --dataset {args.dataset} needs the data directory (positional argument)")
+        return _native(args, ckpt_meta)
     if args.dataset == "synthetic":
         from ..data.synthetic import SyntheticShapes
 
@@ -200,6 +240,28 @@ def _dataset(args, ckpt_meta: dict):
 
 def _collate(items: list[dict]) -> list[dict]:
     return items
+
+
+def shape_order(base, indices, eval_size: int | None) -> list[int]:
+    """``indices`` reordered so that images fed at the same shape are consecutive (``--view full`` resizes the
+    shorter side to ``eval_size`` and keeps the aspect ratio): batches of one shape instead of runs of one image.
+    The sizes come from the image headers; data sets without image files keep their order."""
+    indices = list(indices)
+    if not hasattr(base, "samples"):
+        return indices
+    from PIL import Image
+
+    def fed(i):
+        with Image.open(base.samples[i][0]) as img:
+            w, h = img.size
+        if eval_size is None:
+            return h, w
+        if h <= w:
+            return eval_size, int(eval_size * w / h)
+        return int(eval_size * h / w), eval_size
+
+    shapes = {i: fed(i) for i in indices}
+    return sorted(indices, key=lambda i: (shapes[i], i))
 
 
 def _runs(items: list[dict]):
@@ -347,8 +409,13 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"sgc-eval: {p} was trained on classes {m['classes']}, the data has {classes}")
     if args.view == "center" and args.eval_size is None:
         args.eval_size = args.image_size
+    if args.view == "full" and args.eval_size is None and args.dataset in NATIVE:
+        args.eval_size = EVAL_SIZE.get(first["method"], DEFAULT_EVAL_SIZE)
+    if args.causal_all:
+        args.causal_limit = len(base)
     n = len(base) if args.limit is None else min(args.limit, len(base))
-    data = _Boxed(base, boxes_fn, args.view, args.eval_size, range(n))
+    order = shape_order(base, range(n), args.eval_size) if args.view == "full" else range(n)
+    data = _Boxed(base, boxes_fn, args.view, args.eval_size, order)
     loader = DataLoader(data, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
                         collate_fn=_collate)
     results, grid_cams, grid_images = [], [], None
