@@ -281,3 +281,18 @@ def test_shape_order_groups_equal_input_shapes(tmp_path):
     # shorter side to 30: 40x30 and 80x60 both become 40x30 (w x h); 30x40 stays
     assert shape_order(base, range(5), 30) == [0, 2, 3, 1, 4]
     assert shape_order(base, range(5), None) == [0, 2, 1, 4, 3]
+
+
+def test_sgc_saliency_cache_fits_sgc_train_on_a_native_layout(cub, tmp_path, monkeypatch):
+    from sgc_fast.saliency.cli import main as saliency_main
+    from sgc_fast.train import cli
+
+    parent, _ = cub
+    cache = tmp_path / "m.sgcmask"
+    saliency_main([str(parent), "--dataset", "cub", "--provider", "opencv", "--image-size", "32", "--out", str(cache),
+                   "-j", "0", "--no-progress"])
+    monkeypatch.setitem(cli.DATASETS, "cub", (None, "val"))
+    out = train_main([str(parent), "--dataset", "cub", "--saliency", str(cache), "--image-size", "32", "-b", "3",
+                      "--epochs", "1", "-j", "0", "--no-progress", "--save_dir", str(tmp_path / "ck"), "--log_dir",
+                      str(tmp_path / "lg")])
+    assert out["epoch"] == 1

@@ -42,7 +42,7 @@ from torch.utils.data import Dataset
 
 from .folder import WARN_LIST, ImageFolder, _readable
 
-__all__ = ["LAYOUTS", "ALIASES", "IMAGENET100", "ImageList", "open_split", "imagenet100_classes", "read_mat"]
+__all__ = ["LAYOUTS", "ALIASES", "IMAGENET100", "ImageList", "open_split", "open_dataset", "imagenet100_classes", "read_mat"]
 
 LAYOUTS = ("cub", "aircraft", "cars", "flowers", "imagenet")
 ALIASES = {"fgvc": "aircraft"}
@@ -359,3 +359,27 @@ def open_split(name: str, root: str | os.PathLike, split: str, *, check: str = "
     if name not in _READERS:
         raise ValueError(f"dataset: expected one of {LAYOUTS} (or fgvc), got {name!r}")
     return _READERS[name](root, split, check)
+
+
+def open_dataset(dataset: str, data, class_list=None):
+    """(train, validation, description) of ``--dataset`` under ``data``: an ImageFolder layout (``train/`` and
+    ``val/``, or ``test/`` for CUB) when ``<data>/train/`` exists (ImageNet: restricted to the class list), else the
+    data set's native layout (:mod:`sgc_fast.data.layouts`)."""
+    root = Path(data)
+    name = ALIASES.get(dataset, dataset)
+    if name == "folder" or ((root / "train").is_dir() and name != "imagenet"):
+        val_split = "val"
+        if name == "cub" and not (root / "val").is_dir() and (root / "test").is_dir():
+            val_split = "test"  # CUB is often laid out with test/ (the CGC scripts use it)
+        train = ImageFolder(root, "train")
+        val = ImageFolder(root, val_split, classes=train.classes)
+        return train, val, f"{dataset} from {root} (train/, {val_split}/)"
+    if name == "imagenet" and (root / "train").is_dir() and class_list is None:
+        found = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
+        if found == imagenet100_classes():
+            pass  # an ImageNet-100 folder of the shipped list
+        elif len(found) == 100:
+            class_list = found  # a prepared 100-class folder: its own classes
+    train = open_split(name, root, "train", class_list=class_list)
+    val = open_split(name, root, "test", class_list=class_list)
+    return train, val, f"{dataset} from {root} (native layout, train / test)"

@@ -35,7 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sgc-saliency", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("data", nargs="?", default=None, help="ImageFolder root: <data>/<split>/<class>/<image>")
-    p.add_argument("--dataset", default="folder", choices=("folder", "synthetic"))
+    p.add_argument("--dataset", default="folder",
+                   choices=("folder", "synthetic", "cub", "aircraft", "fgvc", "cars", "flowers", "imagenet"),
+                   help="cub, aircraft, cars, flowers, imagenet: the split sgc-train reads with the same --dataset "
+                        "(native layout or ImageFolder copy), so the cache matches its image list")
+    p.add_argument("--class-list", default=None, help="imagenet: wnids, one per line (as sgc-train)")
     p.add_argument("--split", default="train")
     p.add_argument("--provider", default="u2net", choices=PROVIDERS)
     p.add_argument("--weights", default=None, help="U²-Net weight file (official u2net.pth / u2netp.pth)")
@@ -65,6 +69,17 @@ def _dataset(args):
         return SyntheticShapes(split=args.split, size=size, length=args.length, bias=args.bias, seed=args.seed)
     if args.data is None:
         raise SystemExit("sgc-saliency: give the data directory (positional) or --dataset synthetic")
+    if args.dataset != "folder":
+        from ..data.layouts import open_dataset
+
+        if args.split not in ("train", "val", "test"):
+            raise SystemExit(f"sgc-saliency: --split: expected train, val or test for --dataset {args.dataset}, "
+                             f"got {args.split!r}")
+        try:
+            train, val, _ = open_dataset(args.dataset, args.data, class_list=args.class_list)
+        except (FileNotFoundError, ValueError, ImportError) as exc:
+            raise SystemExit(f"sgc-saliency: {exc}") from None
+        return train if args.split == "train" else val
     from ..data.folder import ImageFolder
 
     return ImageFolder(args.data, args.split)

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from ..data.layouts import open_dataset
 from ..data.views import (
     METHODS,
     CenterViewDataset,
@@ -230,7 +231,7 @@ def _datasets(args, world: World):
     listings = None
     if world.main:
         try:
-            train, val, where = open_data(args.dataset, args.data, class_list=args.class_list)
+            train, val, where = open_dataset(args.dataset, args.data, class_list=args.class_list)
             listings = (train.listing(), val.listing(), where)
         except (FileNotFoundError, ValueError, ImportError) as exc:
             listings = str(exc)
@@ -247,33 +248,6 @@ def _datasets(args, world: World):
         _fail(f"--dataset {args.dataset} expects {expected} classes, {where} has {len(train.classes)}; use "
               f"--dataset folder to take the class count from the data")
     return train, val, list(train.classes), where
-
-
-def open_data(dataset: str, data, class_list=None):
-    """(train, validation, description) of ``--dataset`` under ``data``: an ImageFolder layout (``train/`` and
-    ``val/``, or ``test/`` for CUB) when ``<data>/train/`` exists (ImageNet: restricted to the class list), else the
-    data set's native layout (:mod:`sgc_fast.data.layouts`)."""
-    from ..data.folder import ImageFolder
-    from ..data.layouts import ALIASES, imagenet100_classes, open_split
-
-    root = Path(data)
-    name = ALIASES.get(dataset, dataset)
-    if name == "folder" or ((root / "train").is_dir() and name != "imagenet"):
-        val_split = "val"
-        if name == "cub" and not (root / "val").is_dir() and (root / "test").is_dir():
-            val_split = "test"  # CUB is often laid out with test/ (the CGC scripts use it)
-        train = ImageFolder(root, "train")
-        val = ImageFolder(root, val_split, classes=train.classes)
-        return train, val, f"{dataset} from {root} (train/, {val_split}/)"
-    if name == "imagenet" and (root / "train").is_dir() and class_list is None:
-        found = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
-        if found == imagenet100_classes():
-            pass  # an ImageNet-100 folder of the shipped list
-        elif len(found) == 100:
-            class_list = found  # a prepared 100-class folder: its own classes
-    train = open_split(name, root, "train", class_list=class_list)
-    val = open_split(name, root, "test", class_list=class_list)
-    return train, val, f"{dataset} from {root} (native layout, train / test)"
 
 
 def _mask_source(args, base, say):
