@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from .files import atomic_write_text
+
 __all__ = ["DEFAULTS", "build_parser", "main", "summarize", "format_summary"]
 
 # The demo's settings (tuned on the val split; see README "The main job").
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     record = {"args": vars(args), "seeds": seeds, "minutes": round(minutes, 2), "per_seed": per_seed,
               "summary": {n: {k: list(v) for k, v in s.items()} for n, s in summary.items()}, "table": table}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(record, indent=2, default=str))
+    atomic_write_text(out / "summary.json", json.dumps(record, indent=2, default=str))
     print(f"\nwrote {out / 'summary.json'}" + (f" and {args.grid}" if args.grid else ""))
     return record
 

@@ -26,8 +26,8 @@ class _ContrastLoss(nn.Module):
                  backend: str | None = None, *, negatives: str = "local", chunk: int | None = None,
                  group=None) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
+        temperature = ops.check_positive(temperature, "temperature")
+        eps = ops.check_positive(eps, "eps", ops.EPS_MAX)
         if kind not in ("hires", "grad"):
             raise ValueError(f"kind: expected 'hires' or 'grad', got {kind!r}")
         if negatives not in NEGATIVES:
@@ -101,7 +101,7 @@ class CGCLoss(_ContrastLoss):
 
     def __init__(self, size: tuple[int, int] = (224, 224), **kwargs) -> None:
         super().__init__(**kwargs)
-        self.size = (int(size[0]), int(size[1]))
+        self.size = ops.check_size(size)
 
     def forward(self, feats_orig, grads_orig, feats_aug, grads_aug, crop: torch.Tensor,
                 flip: torch.Tensor) -> torch.Tensor:
@@ -121,7 +121,10 @@ class L2ConsistencyLoss(nn.Module):
     def __init__(self, size: tuple[int, int] = (224, 224), kind: str = "hires", eps: float = 1e-8,
                  backend: str | None = None) -> None:
         super().__init__()
-        self.size, self.kind, self.eps, self.backend = (int(size[0]), int(size[1])), kind, float(eps), backend
+        if kind not in ("hires", "grad"):
+            raise ValueError(f"kind: expected 'hires' or 'grad', got {kind!r}")
+        self.size, self.kind, self.backend = ops.check_size(size), kind, backend
+        self.eps = ops.check_positive(eps, "eps", ops.EPS_MAX)
 
     def forward(self, feats_orig, grads_orig, feats_aug, grads_aug, mask=None, crop=None, flip=None):
         size = tuple(mask.shape[1:]) if mask is not None else self.size

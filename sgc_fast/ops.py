@@ -16,6 +16,8 @@ error that says why; :func:`explain_backends` reports why each candidate was or 
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import weakref
 
@@ -129,8 +131,8 @@ def _check_cam_inputs(feats: torch.Tensor, grads: torch.Tensor, kind: str) -> No
         raise ValueError(f"grads: expected shape {list(want)} (from feats), got {list(grads.shape)}")
     if grads.device != feats.device:
         raise ValueError(f"grads: on {grads.device}, but feats on {feats.device}")
-    if feats.shape[0] == 0 or feats.shape[2] == 0 or feats.shape[3] == 0:
-        raise ValueError(f"feats: empty shape {list(feats.shape)}")
+    if feats.shape[0] == 0 or feats.shape[1] == 0 or feats.shape[2] == 0 or feats.shape[3] == 0:
+        raise ValueError(f"feats: empty shape {list(feats.shape)} (B, K, h and w must be >= 1)")
 
 
 def _describe(x) -> str:
@@ -428,6 +430,42 @@ if _EXT_ERROR is None:  # the native glue (contrast.NativeGlue); fakes so that t
         return crop.new_empty((B, H, h), dtype=torch.float64), crop.new_empty((B, W, w), dtype=torch.float64)
 
 
+#: Largest accepted ``eps``: the maps are sum-normalised (a pixel ~ 1 / (H W)), so eps is a tiny floor; beyond 1 it
+#: would drown the maps, and at ~1e19 its square overflows float32.
+EPS_MAX = 1.0
+
+
+def check_size(size, name: str = "size") -> tuple[int, int]:
+    """``(H, W)`` from a pair of positive integers; anything else (one number, a string such as ``"12"``, floats,
+    booleans) is a ``ValueError`` naming ``name``."""
+    if isinstance(size, str | bytes) or not hasattr(size, "__len__") or len(size) != 2:
+        raise ValueError(f"{name}: expected (H, W), two positive integers, got {size!r}")
+    out = []
+    for v in size:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_floating_point():
+                v = int(v)
+            else:
+                raise ValueError(f"{name}: expected (H, W), two positive integers, got {size!r}")
+        if int(v) <= 0:
+            raise ValueError(f"{name}: expected positive (H, W), got {tuple(size)!r}")
+        out.append(int(v))
+    return out[0], out[1]
+
+
+def check_positive(value, name: str, upper: float = math.inf) -> float:
+    """A real number (Python or NumPy scalar, 0-d tensor) with ``0 < value <= upper``, finite, as a float."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a positive number, got {type(value).__name__} {value!r}")
+    v = float(value)
+    if not (0 < v <= upper and math.isfinite(v)):
+        bound = f" at most {upper:g}" if upper != math.inf else ""
+        raise ValueError(f"{name}: expected a positive finite number{bound}, got {value!r}")
+    return v
+
+
 def check_contrast_args(cam_orig, cam_aug, mask, crop, flip, size, temperature, eps, neg_cam, neg_mask, self_index):
     """Validate contrast_logits' arguments; raise a one-line error naming the argument."""
     for name, c in (("cam_orig", cam_orig), ("cam_aug", cam_aug)):
@@ -441,18 +479,12 @@ def check_contrast_args(cam_orig, cam_aug, mask, crop, flip, size, temperature, 
     if cam_orig.device != dev:
         raise ValueError(f"cam_orig: on {cam_orig.device}, but cam_aug on {dev}")
     B, h, w = cam_aug.shape
-    if h == 0 or w == 0:
+    if B == 0 or h == 0 or w == 0:
         raise ValueError(f"cam_aug: empty map of shape {list(cam_aug.shape)}")
-    try:
-        H, W = (int(s) for s in size)
-    except (TypeError, ValueError):
-        raise ValueError(f"size: expected (H, W), got {size!r}") from None
-    if H <= 0 or W <= 0:
-        raise ValueError(f"size: expected positive (H, W), got {size!r}")
-    if not (isinstance(temperature, (int, float)) and temperature > 0 and temperature != float("inf")):
-        raise ValueError(f"temperature: expected a positive finite number, got {temperature!r}")
-    if not (isinstance(eps, (int, float)) and 0 < eps < float("inf")):
-        raise ValueError(f"eps: expected a positive finite number, got {eps!r}")
+    H, W = check_size(size)
+    check_positive(temperature, "temperature")
+    check_positive(eps, "eps", EPS_MAX)
+    _check_finite(cam_orig, cam_aug, dev)
     if mask is not None:
         _check_tensor("mask", mask, (B, H, W), dev, _MASK_DTYPES)
     if crop is None and flip is not None:
@@ -463,8 +495,10 @@ def check_contrast_args(cam_orig, cam_aug, mask, crop, flip, size, temperature, 
         _check_tensor("crop", crop, (B, 4), dev, _INT_DTYPES)
         _check_tensor("flip", flip, (B,), dev, (torch.bool,))
         if _check_values(dev):
-            top, left, ch, cw = crop.unbind(1)
-            bad = (top < 0) | (left < 0) | (ch < 1) | (cw < 1) | (top + ch > H) | (left + cw > W)
+            # In int64, each part bounded before the sums: no overflow whatever the crop's own dtype.
+            top, left, ch, cw = crop.to(torch.int64).unbind(1)
+            bad = (top < 0) | (left < 0) | (ch < 1) | (cw < 1) | (top > H) | (left > W) | (ch > H) | (cw > W)
+            bad = bad | (top.clamp(0, H) + ch.clamp(0, H) > H) | (left.clamp(0, W) + cw.clamp(0, W) > W)
             if bool(bad.any()):
                 b = int(bad.nonzero()[0, 0])
                 raise ValueError(
@@ -498,6 +532,17 @@ def check_contrast_args(cam_orig, cam_aug, mask, crop, flip, size, temperature, 
         _check_tensor("self_index", self_index, (B,), dev, _INT_DTYPES)
         if _check_values(dev) and bool(((self_index < -1) | (self_index >= N)).any()):
             raise ValueError(f"self_index: values must lie in [-1, {N}), got {self_index.tolist()}")
+    _check_finite(None, neg_cam, dev, "neg_cam")
+
+
+def _check_finite(cam_orig, cam_aug, device, aug_name: str = "cam_aug") -> None:
+    """NaN or infinite CAM values are refused where values are checked (:func:`_check_values`): they would turn every
+    logit of the batch into NaN."""
+    if not _check_values(device):
+        return
+    for name, c in (("cam_orig", cam_orig), (aug_name, cam_aug)):
+        if c is not None and not bool(torch.isfinite(c).all()):
+            raise ValueError(f"{name}: holds NaN or infinite values")
 
 
 _MASK_DTYPES = (torch.bool, torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -554,7 +599,8 @@ def contrast_logits(
         float64 CAMs.
     """
     check_contrast_args(cam_orig, cam_aug, mask, crop, flip, size, temperature, eps, neg_cam, neg_mask, self_index)
-    size = (int(size[0]), int(size[1]))
+    size = check_size(size)
+    temperature, eps = float(temperature), float(eps)
     backend = resolve_backend(backend, cam_aug.device)
     if backend == "reference":
         return reference.contrast_logits(

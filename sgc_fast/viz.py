@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .files import atomic_write
+
 __all__ = ["GRID_PAD", "GRID_TITLE", "grid_size", "jet", "overlay", "save_grid", "to_uint8_image"]
 
 GRID_PAD = 2  # pixels between (and around) cells
@@ -124,5 +126,5 @@ def save_grid(path: str | os.PathLike, images: Sequence[Any], cams_per_model: Se
     path = os.fspath(path)
     if os.path.dirname(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-    canvas.save(path, format="PNG")
+    atomic_write(path, lambda f: canvas.save(f, format="PNG"))
     return width, height

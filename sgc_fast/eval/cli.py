@@ -42,6 +42,7 @@ import torchvision.transforms.functional as TF
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..files import atomic_write_text, check_writable
 from ..metrics import (
     content_heatmap,
     deletion_auc,
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results.json", help="JSON results ('' to skip)")
     p.add_argument("--grid", default=None, help="write a heatmap grid PNG here")
     p.add_argument("--grid-n", type=int, default=8, help="images in the grid")
+    p.add_argument("--debug", action="store_true", help="tracebacks instead of one-line errors")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -396,6 +398,15 @@ def main(argv: list[str] | None = None) -> dict:
     if args.names is not None and len(args.names) != len(args.checkpoint):
         raise SystemExit(f"sgc-eval: --names needs one name per checkpoint ({len(args.checkpoint)}), got {len(args.names)}")
     names = args.names or list(args.checkpoint)
+    try:  # outputs proven writable before any evaluation
+        if args.out:
+            check_writable(args.out, "--out", folder=False)
+        if args.grid:
+            check_writable(args.grid, "--grid", folder=False)
+    except ValueError as exc:
+        raise SystemExit(f"sgc-eval: {exc}") from None
+    if args.image_size is not None and args.image_size < 32:
+        raise SystemExit(f"sgc-eval: --image-size: expected >= 32, got {args.image_size}")
     device = default_device(args.device)
     metas = [_meta(p, args) for p in args.checkpoint]
     first = metas[0]
@@ -438,8 +449,7 @@ def main(argv: list[str] | None = None) -> dict:
               "causal_limit": args.causal_limit, "causal_steps": args.causal_steps, "device": str(device)}
     out = {"config": config, "results": results}
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=2))
+        atomic_write_text(args.out, json.dumps(out, indent=2))
         print(f"wrote {args.out}")
     if args.grid and grid_images:
         from ..viz import save_grid
@@ -449,10 +459,13 @@ def main(argv: list[str] | None = None) -> dict:
     return out
 
 
-def run() -> int:
-    """Console-script entry point (``sgc-eval = "sgc_fast.eval.cli:run"``): exit status 0 on success."""
-    main()
-    return 0
+def run(argv: list[str] | None = None) -> int:
+    """Console-script entry point (``sgc-eval``): exit status 0 on success, one line and status 2 for a user
+    error (the traceback with ``--debug``). (``main`` returns its results dict, which ``sys.exit`` would treat as
+    a failure.)"""
+    from ..console import run_cli
+
+    return run_cli(main, "sgc-eval", argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..files import temp_path
 from .providers import SaliencyProvider
 
 __all__ = ["MaskCache", "StaleMaskCacheError", "ids_digest"]
@@ -120,8 +121,18 @@ class MaskCache:
             magic = f.read(len(MAGIC))
             if magic != MAGIC:
                 raise ValueError(f"{str(path)!r} is not a mask cache (bad magic {magic!r})")
-            (n,) = _LEN.unpack(f.read(_LEN.size))
-            header = json.loads(f.read(n).decode("utf-8"))
+            raw = f.read(_LEN.size)
+            (n,) = _LEN.unpack(raw) if len(raw) == _LEN.size else (-1,)
+            size = os.fstat(f.fileno()).st_size
+            if n < 0 or n > size - len(MAGIC) - _LEN.size:
+                raise ValueError(f"mask cache {str(path)!r} is truncated (its header is cut off); rebuild it with "
+                                 f"`sgc-saliency`")
+            try:
+                header = json.loads(f.read(n).decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ValueError(f"mask cache {str(path)!r} has a damaged header ({exc}); rebuild it") from None
+        if not isinstance(header, dict) or not {"count", "size", "key"} <= set(header):
+            raise ValueError(f"mask cache {str(path)!r} has a damaged header (no count/size/key); rebuild it")
         if header.get("format_version") != FORMAT_VERSION:
             raise StaleMaskCacheError(f"{str(path)!r}: format version {header.get('format_version')}, "
                                       f"expected {FORMAT_VERSION}; rebuild it with `sgc-saliency`")
@@ -156,7 +167,22 @@ class MaskCache:
                     f" ({'; '.join(hint[p] for p in parts if p in hint)}):\n  " + "\n  ".join(diffs[:8])
                     + "\nDelete it and rebuild it with `sgc-saliency` (or MaskCache.build) for the current settings."
                 )
+        count, side = int(header["count"]), int(header["size"])
+        if count < 0 or side < 0:
+            raise ValueError(f"mask cache {str(path)!r} has a damaged header (count {count}, size {side})")
+        want, have = offset + count * side * ((side + 7) // 8), path.stat().st_size
+        if have != want:
+            state = "truncated" if have < want else "longer than its header says"
+            raise ValueError(f"mask cache {str(path)!r} is {state}: {have} bytes, {count} masks of {side}x{side} "
+                             f"take {want}; rebuild it with `sgc-saliency`")
         return cls(path, header, offset)
+
+    def empty_fraction(self, sample: int = 1024) -> float:
+        """Share of all-empty masks among ``sample`` masks spread evenly over the cache (all when fewer)."""
+        if self.count == 0:
+            return 1.0
+        idx = np.unique(np.linspace(0, self.count - 1, min(sample, self.count)).round().astype(np.int64))
+        return float((self.data[idx].reshape(len(idx), -1).max(axis=1) == 0).mean())
 
     @property
     def data(self) -> np.ndarray:
@@ -228,14 +254,12 @@ class MaskCache:
         ids = [str(i) for i in image_ids]
         key = cls.make_key(ids, provider, key_extra if key_extra is not None else {})
         N = len(ids)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         out: np.memmap | None = None
         size: int | None = None
         header: dict = {}
-        try:
-            with open(tmp, "wb"):
-                pass
+        # A fresh temporary file (mkstemp: random name, O_EXCL) beside the target, renamed into place when every
+        # mask is written; removed on any failure (sgc_fast.files.temp_path).
+        with temp_path(path) as tmp:
             bar = tqdm(total=N, desc=f"masks {provider.name}", unit="img", disable=not progress)
             with bar:
                 for start in range(0, N, batch_size):
@@ -265,13 +289,6 @@ class MaskCache:
             if out is not None:
                 out.flush()
                 del out
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            out = None
-            tmp.unlink(missing_ok=True)
-            raise
         return cls.open(path, key)
 
     @staticmethod

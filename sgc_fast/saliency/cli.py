@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length", type=int, default=None,
                    help="synthetic: number of images (default: the data set's; training expects the default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="tracebacks instead of one-line errors")
     return p
 
 
@@ -120,9 +121,13 @@ def _threshold(value: str | None):
     if value is None or value == "otsu":
         return value
     try:
-        return float(value)
+        t = float(value)
     except ValueError:
         raise SystemExit(f"sgc-saliency: --threshold: expected a float or 'otsu', got {value!r}") from None
+    if not 0.0 <= t < 1.0:  # NaN fails too; the maps are min-max normalised to [0, 1]: >= 1 keeps no pixel
+        raise SystemExit(f"sgc-saliency: --threshold: expected a number in [0, 1) (the maps are min-max "
+                         f"normalised) or 'otsu', got {value!r}")
+    return t
 
 
 def default_out(args) -> Path:
@@ -143,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ImportError, FileNotFoundError) as e:
         raise SystemExit(f"sgc-saliency: {e}") from None
     out = Path(args.out) if args.out else default_out(args)
+    from ..files import check_writable
+
+    try:
+        check_writable(out, "--out", folder=False)
+    except ValueError as exc:
+        raise SystemExit(f"sgc-saliency: {exc}") from None
     ids = [base.image_id(i) for i in range(len(base))]
     loader = _SequentialBatches(base, args.image_size, args.batch_size, args.workers) if provider.needs_images else None
     t0 = time.perf_counter()
@@ -154,3 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sgc-saliency: wrote {len(cache)} masks of {cache.size}x{cache.size} ({provider.name}) to {out} "
           f"in {seconds:.1f} s{cover}")
     return 0
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Console-script entry point (``sgc-saliency``): 0 on success, one line and status 2 for a user error."""
+    from ..console import run_cli
+
+    return run_cli(main, "sgc-saliency", argv)

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..files import atomic_write
 
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
 
@@ -26,27 +27,35 @@ FORMAT = "sgc_fast.train/1"
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """Atomically write ``state`` to ``path`` (temporary file in the same directory + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Atomically write ``state`` to ``path`` (:func:`sgc_fast.files.atomic_write`: a fresh ``mkstemp`` file in the
+    same folder, fsync, ``os.replace``)."""
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+#: What every sgc-train checkpoint holds (see the module docstring).
+REQUIRED_KEYS = ("format", "arch", "num_classes", "classes", "epoch", "model")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """``torch.load(path, weights_only=True)``, with a clear error for a missing file."""
-    if not Path(path).is_file():
+    """``torch.load(path, weights_only=True)``, with a one-line ``ValueError`` naming the file for anything that is
+    not a readable checkpoint (truncated, not a torch file, not a dict, an sgc-train checkpoint missing keys)."""
+    path = Path(path)
+    if not path.is_file():
         raise FileNotFoundError(f"checkpoint: {path} not found")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises EOFError, RuntimeError, UnpicklingError, KeyError, ... for bad files
+        kind = type(exc).__name__
+        detail = str(exc).splitlines()[0][:200] if str(exc) else "no detail"
+        raise ValueError(f"checkpoint: {path} is not a readable checkpoint (truncated or not a torch file: {kind}: "
+                         f"{detail})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint: {path} holds a {type(state).__name__}, expected a dict")
+    if state.get("format") == FORMAT:
+        missing = [k for k in REQUIRED_KEYS if k not in state]
+        if missing:
+            raise ValueError(f"checkpoint: {path} is an sgc-train checkpoint without {missing} (damaged?)")
+    return state
 
 
 def rng_state(data_generator: torch.Generator | None = None) -> dict:

@@ -20,7 +20,6 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -35,6 +34,7 @@ from ..data.views import (
     ProviderMasks,
     collate_views,
 )
+from ..files import check_writable, stale_temps
 from .checkpoint import FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .dist import EpochSampler, World, broadcast_buffers, broadcast_object, setup, teardown
 from .loop import AMP, JsonlLog, SemiSupervisedLoader, TensorBoard, consistency_term, evaluate, train_one_epoch
@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "cuda:LOCAL_RANK under torchrun)")
     p.add_argument("--bias", type=float, default=d["bias"], help="synthetic only: background/class correlation")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images of each split")
+    p.add_argument("--debug", action="store_true", help="tracebacks instead of one-line errors")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -353,19 +354,6 @@ def _plain_args(args) -> dict:
     return {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in vars(args).items()}
 
 
-def check_writable(folder: str | os.PathLike, flag: str) -> Path:
-    """Create ``folder`` and prove it writable with a throw-away file, before any long work."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        _fail(f"{flag}: {folder} is not a writable folder ({exc.strerror or exc})")
-    return folder
-
-
 def _resume_args(args, ckpt: dict, given: set[str], path: str) -> None:
     """A resumed run is the checkpoint's run: what the command line leaves out comes from the checkpoint; what
     it sets to another value is refused, naming each difference. ``--epochs`` may extend the run."""
@@ -476,8 +464,15 @@ def _main(args, given: set[str], world: World, device: torch.device) -> dict:
 
     save_dir, log_dir = Path(args.save_dir), Path(args.log_dir)
     if world.main:
-        check_writable(save_dir, "--save_dir")
-        check_writable(log_dir, "--log_dir")
+        try:
+            check_writable(save_dir, "--save_dir")
+            check_writable(log_dir, "--log_dir")
+        except ValueError as exc:
+            _fail(str(exc))
+        for name in ("last.pt", "best.pt"):  # what a kill during a checkpoint write left behind
+            for tmp in stale_temps(save_dir / name):
+                say(f"removing {tmp}, the remains of an interrupted checkpoint write")
+                tmp.unlink()
     masks = _mask_source(args, train_base, say)
     train_set = MultiViewDataset(train_base, args.method, args.image_size, masks=masks, indices=train_idx, seed=seed)
     if len(train_set) < args.batch_size:
@@ -597,20 +592,25 @@ def _main(args, given: set[str], world: World, device: torch.device) -> dict:
                 f"top-5 {acc5:.3f}  best {best_acc1:.3f}")
             if world.main:
                 checkpoint = state(epoch + 1)
-                save_checkpoint(save_dir / "last.pt", checkpoint)
+                # best.pt before last.pt: a kill between the two repeats this epoch on resume (last.pt is the old
+                # one) and writes best.pt again; the other order would record the new best in last.pt and never
+                # write best.pt.
                 if is_best:
                     save_checkpoint(save_dir / "best.pt", checkpoint)
+                save_checkpoint(save_dir / "last.pt", checkpoint)
     finally:
         log.close()
         board.close()
     return {"acc1": acc1, "acc5": acc5, "best_acc1": best_acc1, "epoch": args.epochs, "skipped_steps": skipped_total}
 
 
-def run() -> int:
-    """Console-script entry point (``sgc-train = "sgc_fast.train.cli:run"``): exit status 0 on success.
-    (``main`` returns the metrics dict, which ``sys.exit`` would treat as a failure.)"""
-    main()
-    return 0
+def run(argv: list[str] | None = None) -> int:
+    """Console-script entry point (``sgc-train``): exit status 0 on success, one line and status 2 for a user
+    error (the traceback with ``--debug``). (``main`` returns its results dict, which ``sys.exit`` would treat as
+    a failure.)"""
+    from ..console import run_cli
+
+    return run_cli(main, "sgc-train", argv)
 
 
 if __name__ == "__main__":  # pragma: no cover
