@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from . import contrast, reference
+from .once import first_order_only
 
 __all__ = ["BACKENDS", "available_backends", "explain_backends", "resolve_backend", "batched_cam", "contrast_logits"]
 
@@ -188,7 +189,7 @@ if _EXT_ERROR is None:
     def _batched_cam_backward(ctx, grad_cam):
         feats, grads, cam = ctx.saved_tensors
         d_feats, d_grads = torch.ops.sgc_fast.batched_cam_backward(grad_cam, cam, feats, grads, ctx.kind)
-        return d_feats, d_grads, None
+        return first_order_only("batched_cam", (d_feats, d_grads, None), (grad_cam, feats, grads))
 
     torch.library.register_autograd(
         "sgc_fast::batched_cam", _batched_cam_backward, setup_context=_batched_cam_setup
@@ -365,7 +366,8 @@ def _contrast_backward(ctx, grad_logits, grad_stats):
         _cpp_sweep_backward, grad_logits, packed, cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask,
         self_index, ctx.size, ctx.temperature, ctx.eps, pb=ctx.problem,
     )
-    return d_orig, d_aug, None, None, None, d_neg, None, None, None, None, None
+    return first_order_only("contrast_logits", (d_orig, d_aug, None, None, None, d_neg, None, None, None, None, None),
+                            (grad_logits, cam_orig, cam_aug, neg_cam))
 
 
 _contrast_logits_op.register_autograd(_contrast_backward, setup_context=_contrast_setup)

@@ -361,7 +361,7 @@ def open_split(name: str, root: str | os.PathLike, split: str, *, check: str = "
     return _READERS[name](root, split, check)
 
 
-def open_dataset(dataset: str, data, class_list=None):
+def open_dataset(dataset: str, data, class_list=None, check: str = "header"):
     """(train, validation, description) of ``--dataset`` under ``data``: an ImageFolder layout (``train/`` and
     ``val/``, or ``test/`` for CUB) when ``<data>/train/`` exists (ImageNet: restricted to the class list), else the
     data set's native layout (:mod:`sgc_fast.data.layouts`)."""
@@ -371,8 +371,8 @@ def open_dataset(dataset: str, data, class_list=None):
         val_split = "val"
         if name == "cub" and not (root / "val").is_dir() and (root / "test").is_dir():
             val_split = "test"  # CUB is often laid out with test/ (the CGC scripts use it)
-        train = ImageFolder(root, "train")
-        val = ImageFolder(root, val_split, classes=train.classes)
+        train = ImageFolder(root, "train", check=check)
+        val = ImageFolder(root, val_split, classes=train.classes, check=check)
         return train, val, f"{dataset} from {root} (train/, {val_split}/)"
     if name == "imagenet" and (root / "train").is_dir() and class_list is None:
         found = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
@@ -380,6 +380,6 @@ def open_dataset(dataset: str, data, class_list=None):
             pass  # an ImageNet-100 folder of the shipped list
         elif len(found) == 100:
             class_list = found  # a prepared 100-class folder: its own classes
-    train = open_split(name, root, "train", class_list=class_list)
-    val = open_split(name, root, "test", class_list=class_list)
+    train = open_split(name, root, "train", class_list=class_list, check=check)
+    val = open_split(name, root, "test", class_list=class_list, check=check)
     return train, val, f"{dataset} from {root} (native layout, train / test)"

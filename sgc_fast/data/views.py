@@ -22,6 +22,7 @@ Views of one sample (``S = image_size``, all ``[3, S, S]`` float32, ImageNet-nor
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -160,6 +161,9 @@ class GroundTruthMasks:
         return center_view_mask(mask, self.image_size)
 
 
+_REPORTED: set[str] = set()  # undecodable files already reported by this process
+
+
 class MultiViewDataset(Dataset):
     """Wraps a dataset of ``(PIL image, int)`` and returns the training views of ``method`` as a dict.
 
@@ -207,9 +211,28 @@ class MultiViewDataset(Dataset):
                              f"(was the mask cache built for --image-size {S}?)")
         return mask
 
+    #: How many following samples a decode failure may fall through before the error is raised.
+    MAX_REPLACEMENTS = 16
+
+    def _decode(self, i: int):
+        """``(base index, PIL image, target, replaced)``: an image that fails to decode (a truncated JPEG whose
+        header passed the scan) is replaced by the next sample of the list, counted in ``replaced`` and reported
+        once per file; the batch keeps its size (equal per-rank batches under torchrun)."""
+        for k in range(self.MAX_REPLACEMENTS + 1):
+            index = self.indices[(i + k) % len(self.indices)]
+            try:
+                img, target = self.base[index]
+                return index, img, target, k
+            except OSError as exc:
+                bad = str(exc).split(":")[0]
+                if bad not in _REPORTED:
+                    _REPORTED.add(bad)
+                    warnings.warn(f"skipping an image that cannot be decoded: {exc}", stacklevel=2)
+        raise OSError(f"{self.MAX_REPLACEMENTS + 1} images in a row from sample {i} cannot be decoded; is the data "
+                      f"set damaged? (rebuild with the full check: --image-check full)")
+
     def __getitem__(self, i: int) -> dict:
-        index = self.indices[i]
-        img, target = self.base[index]
+        index, img, target, replaced = self._decode(i)
         img = img.convert("RGB") if img.mode != "RGB" else img
         g = sample_generator(self.seed, self.epoch, index)
         S = self.image_size
@@ -218,7 +241,8 @@ class MultiViewDataset(Dataset):
                              antialias=True)
         if _coin(g):
             xe = TF.hflip(xe)
-        out = {"index": torch.tensor(index), "target": torch.tensor(int(target)), "xe": to_normalized(xe)}
+        out = {"index": torch.tensor(index), "target": torch.tensor(int(target)), "xe": to_normalized(xe),
+               "replaced": torch.tensor(replaced > 0)}
         if self.method == "baseline":
             return out
         orig = self.center(img)

@@ -50,6 +50,8 @@ def box_pixel_ranges(boxes: Sequence[Any], height: int, width: int, device: torc
             t = t[None]
         if t.dim() != 2 or t.shape[1] != 4:
             raise ValueError(f"boxes[{i}]: expected shape [n, 4], got {tuple(t.shape)}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"boxes[{i}]: holds NaN or infinite coordinates")
         lo = torch.ceil(t[:, :2])  # first column / row inside
         hi = torch.ceil(t[:, 2:]) - 1  # last column / row inside
         lo = torch.maximum(lo, torch.zeros(()))
@@ -62,6 +64,18 @@ def box_pixel_ranges(boxes: Sequence[Any], height: int, width: int, device: torc
     for i, r in enumerate(rows):
         out[i, : r.shape[0]] = r
     return out.to(device)
+
+
+def _check_maps(maps: Tensor) -> None:
+    """``[B, H, W]`` floating maps with finite values (a NaN would make every score of its image meaningless)."""
+    if not isinstance(maps, Tensor):
+        raise TypeError(f"maps: expected a [B, H, W] tensor, got {type(maps).__name__}")
+    if maps.dim() != 3:
+        raise ValueError(f"maps: expected [B, H, W], got shape {tuple(maps.shape)}")
+    if not maps.is_floating_point():
+        raise ValueError(f"maps: expected a floating dtype, got {maps.dtype}")
+    if not bool(torch.isfinite(maps).all()):
+        raise ValueError("maps: holds NaN or infinite values")
 
 
 def _check_boxes(boxes: Sequence[Any], batch: int) -> None:

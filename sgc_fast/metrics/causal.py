@@ -140,6 +140,10 @@ def causal_curve(
     b, c, h, w = images.shape
     if maps.shape != (b, h, w):
         raise ValueError(f"maps: expected [B, H, W] = {(b, h, w)}, got shape {tuple(maps.shape)}")
+    if not bool(torch.isfinite(maps).all()):
+        raise ValueError("maps: holds NaN or infinite values")
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError("images: holds NaN or infinite values")
     if mode not in ("ins", "del"):
         raise ValueError(f"mode: expected 'ins' or 'del', got {mode!r}")
     if batch_size < 1:

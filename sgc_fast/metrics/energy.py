@@ -17,16 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .boxes import _check_boxes, box_mask
+from .boxes import _check_boxes, _check_maps, box_mask
 
 __all__ = ["content_heatmap"]
-
-
-def _check_maps(maps: Tensor) -> None:
-    if maps.dim() != 3:
-        raise ValueError(f"maps: expected [B, H, W], got shape {tuple(maps.shape)}")
-    if not maps.is_floating_point():
-        raise ValueError(f"maps: expected a floating dtype, got {maps.dtype}")
 
 
 def content_heatmap(maps: Tensor, boxes: Sequence[Any]) -> Tensor:

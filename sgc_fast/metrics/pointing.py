@@ -9,19 +9,21 @@ no per-sample distance grid (the research script built one ``H x W`` grid per sa
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .boxes import _check_boxes, box_pixel_ranges, box_sq_distance
-from .energy import _check_maps
+from .boxes import _check_boxes, _check_maps, box_pixel_ranges, box_sq_distance
 
 __all__ = ["pointing_game", "stochastic_pointing_game"]
 
 
 def _hits(maps: Tensor, boxes: Sequence[Any], flat_idx: Tensor, tolerance: float) -> Tensor:
+    if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or tolerance != tolerance:
+        raise ValueError(f"tolerance: expected a number of pixels, got {tolerance!r}")
     _, h, w = maps.shape
     ranges = box_pixel_ranges(boxes, h, w, maps.device)
     d2 = box_sq_distance(ranges, flat_idx // w, flat_idx % w)

@@ -57,7 +57,7 @@ def ids_digest(image_ids: Sequence[str]) -> dict:
         s = str(image_id)
         if "\n" in s:
             raise ValueError(f"image_ids[{i}]: ids may not contain a newline, got {s!r}")
-        h.update(s.encode("utf-8") + b"\n")
+        h.update(s.encode("utf-8", "surrogateescape") + b"\n")  # file names need not be UTF-8
     return {"sha256": h.hexdigest(), "count": len(image_ids)}
 
 

@@ -22,6 +22,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -93,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-list", default=None,
                    help="imagenet: file of wnids, one per line (default: the ImageNet-100 list of CMC shipped in "
                         "sgc_fast/data/imagenet100.txt, or the 100 folders of a prepared ImageNet-100)")
+    p.add_argument("--image-check", default="header", choices=("header", "full", "none"),
+                   help="scan of the image files before training: header (cheap), full (decodes every file: finds "
+                        "truncated ones), none; a file that still fails to decode is replaced and counted")
     p.add_argument("--saliency", default=None,
                    help="SGC masks: PATH to a mask cache (sgc_fast.saliency.MaskCache), 'ground-truth' "
                         "(synthetic), or 'opencv' (computed per sample in the loader; slow)")
@@ -136,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a step with a non-finite loss is skipped; stop after N such steps in a row")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
                    help="also write last.pt every STEPS steps inside an epoch (resumed exactly); 0: per epoch")
+    p.add_argument("--allow-degenerate", action="store_true",
+                   help="train even when the consistency term cannot teach anything (every mask empty, 1x1 CAMs)")
     p.add_argument("--save_dir", default="checkpoint")
     p.add_argument("--log_dir", default="logs", help="train.jsonl, and TensorBoard events when tensorboard is installed")
     p.add_argument("--resume", default="", help="checkpoint to continue from (or to evaluate with -e)")
@@ -232,7 +238,8 @@ def _datasets(args, world: World):
     listings = None
     if world.main:
         try:
-            train, val, where = open_dataset(args.dataset, args.data, class_list=args.class_list)
+            train, val, where = open_dataset(args.dataset, args.data, class_list=args.class_list,
+                                             check=args.image_check)
             listings = (train.listing(), val.listing(), where)
         except (FileNotFoundError, ValueError, ImportError) as exc:
             listings = str(exc)
@@ -292,6 +299,35 @@ def open_mask_cache(path, base, image_size: int):
     if len(cache) != len(base):
         _fail(f"mask cache {path} has {len(cache)} masks, the train split {len(base)} images")
     return cache
+
+
+def _degenerate_guard(args, masks, say) -> None:
+    """Refuse (unless ``--allow-degenerate``) a run whose consistency term is a constant with zero gradient: CAMs of
+    one cell (the upsampled map is flat: every view has the same normalised map) or every saliency mask empty
+    (every masked map is zero). Warn when most masks are empty."""
+    if args.method == "baseline":
+        return
+    problems = []
+    side = math.ceil(args.image_size / args.output_stride)
+    if side <= 1:
+        problems.append(f"the CAMs are {side}x{side} (--image-size {args.image_size} at --output-stride "
+                        f"{args.output_stride}): a one-cell CAM upsamples to a flat map, the term is a constant")
+    if args.method == "sgc" and masks is not None and hasattr(masks, "__getitem__") and hasattr(masks, "__len__"):
+        if hasattr(masks, "empty_fraction"):
+            empty = masks.empty_fraction()
+        else:
+            n = len(masks)
+            idx = sorted({round(k * (n - 1) / max(min(n, 64) - 1, 1)) for k in range(min(n, 64))})
+            empty = sum(not bool(np.asarray(masks[i]).any()) for i in idx) / max(len(idx), 1)
+        if empty == 1.0:
+            problems.append("every saliency mask is empty (threshold too high?): the masked view is blank and the "
+                            "term is a constant")
+        elif empty > 0.5:
+            say(f"warning: {empty:.0%} of the saliency masks are empty; their samples add nothing to the term")
+    if problems:
+        if not args.allow_degenerate:
+            _fail("; ".join(problems) + " -- nothing to learn from it; fix the setting or pass --allow-degenerate")
+        say("warning (--allow-degenerate): " + "; ".join(problems))
 
 
 def _scheduler(args, optimizer):
@@ -474,6 +510,7 @@ def _main(args, given: set[str], world: World, device: torch.device) -> dict:
                 say(f"removing {tmp}, the remains of an interrupted checkpoint write")
                 tmp.unlink()
     masks = _mask_source(args, train_base, say)
+    _degenerate_guard(args, masks, say)
     train_set = MultiViewDataset(train_base, args.method, args.image_size, masks=masks, indices=train_idx, seed=seed)
     if len(train_set) < args.batch_size:
         if world.distributed:
@@ -577,6 +614,10 @@ def _main(args, given: set[str], world: World, device: torch.device) -> dict:
                 start_step=start_step if epoch == start_epoch else 0,
                 partial=partial if epoch == start_epoch else None, board=board)
             skipped_total += stats.pop("skipped_steps")
+            replaced = stats.pop("replaced_images")
+            if replaced:
+                say(f"epoch {epoch}: {replaced} undecodable image(s) replaced by the next ones in their batches "
+                    f"(--image-check full finds them before training)")
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             broadcast_buffers(model, world)
@@ -585,7 +626,7 @@ def _main(args, given: set[str], world: World, device: torch.device) -> dict:
             is_best = acc1 > best_acc1 or epoch == start_epoch and best_acc1 == 0.0
             best_acc1 = max(best_acc1, acc1)
             log.write(kind="val", epoch=epoch, acc1=acc1, acc5=acc5, best_acc1=best_acc1, lr=lr,
-                      train_loss=stats["loss"], train_term=stats["term"])
+                      train_loss=stats["loss"], train_term=stats["term"], replaced_images=replaced)
             board.scalars("val", epoch, acc1=acc1, acc5=acc5, train_loss=stats["loss"], train_term=stats["term"],
                           lr=lr)
             say(f"epoch {epoch}: loss {stats['loss']:.4f} (term {stats['term']:.4f})  val top-1 {acc1:.3f} "

@@ -120,6 +120,7 @@ class SemiSupervisedLoader:
                 views = iter(self.unlabelled)
                 u = next(views)
             yield {"xe": batch["xe"], "target": batch["target"], "semi": True,
+                   "replaced": torch.cat([batch["replaced"], u["replaced"]]) if "replaced" in u else batch["replaced"],
                    **{k: u[k] for k in self.VIEWS if k in u}}
 
 
@@ -203,13 +204,15 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     amp = amp or AMP("none", device)
     model.train()
     sums = torch.zeros(len(PARTS), dtype=torch.float64)
-    n, skipped, bad_run = 0, 0, 0
+    n, skipped, bad_run, replaced = 0, 0, 0, 0
     if partial is not None:
         sums, n, skipped = partial["sums"].clone().to(torch.float64), int(partial["n"]), int(partial["skipped"])
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, dynamic_ncols=True, leave=False)
     t0 = time.perf_counter()
     step = start_step - 1
     for step, batch in enumerate(bar, start=start_step):
+        if "replaced" in batch:  # undecodable images the dataset replaced by the next ones (CPU tensor: no sync)
+            replaced += int(batch["replaced"].sum())
         with amp.autocast():
             loss, parts = train_step(model, batch, method, term_fn, lambda_, device, memory_format)
         optimizer.zero_grad(set_to_none=True)
@@ -260,6 +263,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         raise NonFiniteLossError(f"epoch {epoch}: no step had a finite loss")
     out = dict(zip(PARTS, (sums / n).tolist(), strict=True))
     out["skipped_steps"] = skipped
+    out["replaced_images"] = replaced
     return out
 
 

@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..once import first_order_only
 from .launch import launcher, next_pow2, split_count, tuned
 
 __all__ = ["cam_forward", "cam_backward", "BatchedCamFunction"]
@@ -258,7 +259,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_cam):
     feats, grads, cam = ctx.saved_tensors
     d_feats, d_grads = torch.ops.sgc_fast.triton_batched_cam_backward(grad_cam, cam, feats, grads, ctx.kind)
-    return d_feats, d_grads, None
+    return first_order_only("batched_cam", (d_feats, d_grads, None), (grad_cam, feats, grads))
 
 
 _batched_cam_op.register_autograd(_backward, setup_context=_setup_context)

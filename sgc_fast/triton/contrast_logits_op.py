@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 
 from .. import ops
+from ..once import first_order_only
 from . import INTERPRET
 from .contrast_sweep_kernel import contrast_sweep, contrast_sweep_backward
 
@@ -80,7 +81,8 @@ def _backward(ctx, grad_logits, grad_stats):
         _sweep_backward, grad_logits, packed, cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index,
         ctx.size, ctx.temperature, ctx.eps, pb=ctx.problem,
     )
-    return d_orig, d_aug, None, None, None, d_neg, None, None, None, None, None
+    return first_order_only("contrast_logits", (d_orig, d_aug, None, None, None, d_neg, None, None, None, None, None),
+                            (grad_logits, cam_orig, cam_aug, neg_cam))
 
 
 _contrast_logits_op.register_autograd(_backward, setup_context=_setup_context)
