@@ -144,6 +144,14 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"demo: note: at --image-size {args.image_size} with --output-stride 32 the CAMs are "
               f"{math.ceil(args.image_size / 32)}x{math.ceil(args.image_size / 32)}", flush=True)
     out = Path(args.out)
+    from .files import check_writable
+
+    try:  # before ~10 minutes of training
+        check_writable(out, "--out")
+        if args.grid:
+            check_writable(args.grid, "--grid", folder=False)
+    except ValueError as exc:
+        raise SystemExit(f"demo: {exc}") from None
     t_start = time.perf_counter()
     per_seed = []
     for k in range(args.seeds):

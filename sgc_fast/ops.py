@@ -208,13 +208,26 @@ def batched_cam(feats: torch.Tensor, grads: torch.Tensor, kind: str = "hires", b
     if backend == "reference":
         if grads.dim() == 2:
             grads = grads[:, :, None, None].expand_as(feats)
-        return reference.batched_cam(feats, grads, kind)
+        return _check_cam_output(reference.batched_cam(feats, grads, kind), feats, grads)
     grads = compact_grads(grads)
     if backend == "triton":
         from . import triton as sgc_triton
 
-        return sgc_triton.batched_cam(feats, grads, kind)
-    return torch.ops.sgc_fast.batched_cam(feats, grads, kind)
+        return _check_cam_output(sgc_triton.batched_cam(feats, grads, kind), feats, grads)
+    return _check_cam_output(torch.ops.sgc_fast.batched_cam(feats, grads, kind), feats, grads)
+
+
+def _check_cam_output(cam: torch.Tensor, feats: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """Where values are checked (:func:`_check_values`; never while compiling): a CAM that is not finite is an
+    error naming its cause (NaN/inf in ``feats`` or ``grads``, or a product beyond the range of the CAM's dtype)
+    instead of a NaN or inf that poisons the loss. Costs one pass over the small ``[B, h, w]`` output."""
+    if _compiling() or not _check_values(cam.device) or bool(torch.isfinite(cam).all()):
+        return cam
+    for name, t in (("feats", feats), ("grads", grads)):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name}: holds NaN or infinite values")
+    raise ValueError(f"feats: the CAM of these feats and grads overflows {cam.dtype} (max |feats| "
+                     f"{feats.abs().max().item():.3g}, max |grads| {grads.abs().max().item():.3g}); pass float64 tensors")
 
 
 # ----------------------------------------------------------------------------------------------------------------

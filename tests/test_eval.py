@@ -14,7 +14,7 @@ from sgc_fast.eval import main as eval_main
 from sgc_fast.train.cli import main as train_main
 from sgc_fast.viz import grid_size, jet, overlay, save_grid
 
-TRAIN = ["--dataset", "synthetic", "--image-size", "32", "--epochs", "1", "-b", "16", "--limit", "32", "-j", "0",
+TRAIN = ["--dataset", "synthetic", "--image-size", "32", "--allow-degenerate", "--epochs", "1", "-b", "16", "--limit", "32", "-j", "0",
          "--seed", "0", "--no-progress", "--method", "sgc", "--saliency", "ground-truth"]
 COMMON = ["-j", "0", "--no-progress"]
 

@@ -369,3 +369,25 @@ def test_size_must_be_two_integers(size):
         sgc_fast.contrast_logits(co, ca, size=size)
     with pytest.raises(ValueError, match="^size: expected"):
         sgc_fast.CGCLoss(size=size)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["-b", "0"], "-b: expected >= 1"), (["--limit", "0"], "--limit: expected >= 1"),
+    (["--samples", "0"], "--samples"), (["--tolerance", "nan"], "--tolerance"), (["--eval-size", "8"], "--eval-size"),
+    (["--causal-limit", "-1"], "--causal-limit"), (["--grid-n", "0"], "--grid-n"),
+])
+def test_sgc_eval_refuses_nonsense_numbers(flags, message, tmp_path):
+    from sgc_fast.eval.cli import main as eval_main
+
+    with pytest.raises(SystemExit, match=message.replace("-", r"\-")):
+        eval_main(["--checkpoint", str(tmp_path / "none.pt"), "--out", "", *flags])
+
+
+def test_a_device_that_is_not_there_is_named():
+    from sgc_fast.train.dist import default_device
+
+    with pytest.raises(ValueError, match="--device: 'gpu0' is not a device"):
+        default_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            default_device("cuda:0")

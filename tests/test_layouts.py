@@ -241,7 +241,7 @@ def test_sgc_train_reads_a_native_layout(cub, tmp_path, capsys, monkeypatch):
     from sgc_fast.train import cli
 
     parent, _ = cub
-    argv = [str(parent), "--dataset", "cub", "--method", "cgc", "--image-size", "32", "-b", "3", "--epochs", "1", "-j",
+    argv = [str(parent), "--dataset", "cub", "--method", "cgc", "--image-size", "48", "-b", "3", "--epochs", "1", "-j",
             "0", "--no-progress", "--lr", "0.001", "--save_dir", str(tmp_path / "ck"), "--log_dir", str(tmp_path / "lg"),
             "--seed", "0"]
     with pytest.raises(SystemExit, match="--dataset cub expects 200 classes"):
@@ -259,7 +259,7 @@ def test_sgc_eval_reads_native_boxes_with_the_research_eval_size(cub, tmp_path, 
 
     parent, _ = cub
     monkeypatch.setitem(cli.DATASETS, "cub", (None, "val"))
-    train_main([str(parent), "--dataset", "cub", "--method", "cgc", "--image-size", "32", "-b", "3", "--epochs", "1",
+    train_main([str(parent), "--dataset", "cub", "--method", "cgc", "--image-size", "48", "-b", "3", "--epochs", "1",
                 "-j", "0", "--no-progress", "--save_dir", str(tmp_path / "ck"), "--log_dir", str(tmp_path / "lg")])
     out = eval_main([str(parent), "--dataset", "cub", "--checkpoint", str(tmp_path / "ck" / "last.pt"), "-j", "0",
                      "--no-progress", "--no-causal", "--out", str(tmp_path / "r.json"), "-b", "4"])
@@ -289,10 +289,10 @@ def test_sgc_saliency_cache_fits_sgc_train_on_a_native_layout(cub, tmp_path, mon
 
     parent, _ = cub
     cache = tmp_path / "m.sgcmask"
-    saliency_main([str(parent), "--dataset", "cub", "--provider", "opencv", "--image-size", "32", "--out", str(cache),
+    saliency_main([str(parent), "--dataset", "cub", "--provider", "opencv", "--image-size", "48", "--out", str(cache),
                    "-j", "0", "--no-progress"])
     monkeypatch.setitem(cli.DATASETS, "cub", (None, "val"))
-    out = train_main([str(parent), "--dataset", "cub", "--saliency", str(cache), "--image-size", "32", "-b", "3",
+    out = train_main([str(parent), "--dataset", "cub", "--saliency", str(cache), "--image-size", "48", "-b", "3",
                       "--epochs", "1", "-j", "0", "--no-progress", "--save_dir", str(tmp_path / "ck"), "--log_dir",
                       str(tmp_path / "lg")])
     assert out["epoch"] == 1

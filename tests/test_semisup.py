@@ -104,6 +104,6 @@ def test_semisup_recipe_and_refusals(tmp_path):
     with pytest.raises(SystemExit, match="--labels-fraction: expected in"):
         main(["--labels-fraction", "0"])
     with pytest.raises(SystemExit, match="labelled images < batch size"):
-        main(["--dataset", "synthetic", "--image-size", "32", "--limit", "50", "--labels-fraction", "0.02", "-b", "8",
+        main(["--dataset", "synthetic", "--image-size", "48", "--limit", "50", "--labels-fraction", "0.02", "-b", "8",
               "--epochs", "1", "-j", "0", "--no-progress", "--save_dir", str(tmp_path / "c"), "--log_dir",
               str(tmp_path / "l")])

@@ -103,7 +103,7 @@ def test_folder_skips_unreadable_and_trains(tmp_path):
     assert ds.num_skipped == 1 and len(ds) == 12 and ds.classes == ["cat", "dog"]
     assert ds.image_id(0) == "cat/0.png" and ds[11][1] == 1 and ds[0][0].mode == "RGB"
     with pytest.warns(UserWarning):
-        out = main([str(tmp_path / "data"), "--dataset", "folder", "--method", "cgc", "--image-size", "32",
+        out = main([str(tmp_path / "data"), "--dataset", "folder", "--method", "cgc", "--image-size", "32", "--allow-degenerate",
                     "-b", "6", "--epochs", "1", "-j", "0", "--no-progress", "--lr", "0.001",
                     "--save_dir", str(tmp_path / "ckpt"), "--log_dir", str(tmp_path / "logs")])
     assert 0 <= out["acc1"] <= 100

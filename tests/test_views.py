@@ -64,7 +64,7 @@ def test_shapes_and_dtypes(base, method):
     assert batch["xe"].shape == (5, 3, S, S) and batch["xe"].dtype == torch.float32
     assert batch["target"].dtype == torch.int64 and batch["index"].tolist() == [0, 1, 2, 3, 4]
     if method == "baseline":
-        assert set(batch) == {"index", "target", "xe"}
+        assert set(batch) == {"index", "target", "xe", "replaced"}
         return
     for k in ("orig", "aug"):
         assert batch[k].shape == (5, 3, S, S) and batch[k].dtype == torch.float32

@@ -407,6 +407,19 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"sgc-eval: {exc}") from None
     if args.image_size is not None and args.image_size < 32:
         raise SystemExit(f"sgc-eval: --image-size: expected >= 32, got {args.image_size}")
+    for flag, value, ok, want in (
+        ("-b", args.batch_size, args.batch_size >= 1, ">= 1"),
+        ("-j", args.workers, args.workers >= 0, ">= 0"),
+        ("--limit", args.limit, args.limit is None or args.limit >= 1, ">= 1 (leave it out for every image)"),
+        ("--eval-size", args.eval_size, args.eval_size is None or args.eval_size >= 32, ">= 32"),
+        ("--samples", args.samples, args.samples >= 1, ">= 1"),
+        ("--causal-limit", args.causal_limit, args.causal_limit >= 0, ">= 0"),
+        ("--causal-steps", args.causal_steps, args.causal_steps is None or args.causal_steps >= 1, ">= 1"),
+        ("--tolerance", args.tolerance, args.tolerance == args.tolerance and args.tolerance >= 0, "a number >= 0"),
+        ("--grid-n", args.grid_n, args.grid_n >= 1, ">= 1"),
+    ):
+        if not ok:
+            raise SystemExit(f"sgc-eval: {flag}: expected {want}, got {value}")
     device = default_device(args.device)
     metas = [_meta(p, args) for p in args.checkpoint]
     first = metas[0]

@@ -46,10 +46,19 @@ def _env_int(name: str) -> int | None:
 
 
 def default_device(device_arg: str | None) -> torch.device:
-    """``--device`` when given, else ``cuda`` when available, else the CPU."""
-    if device_arg:
-        return torch.device(device_arg)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``--device`` when given (checked: a CUDA device must exist), else ``cuda`` when available, else the CPU."""
+    if not device_arg:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device_arg)
+    except RuntimeError:
+        raise ValueError(f"--device: {device_arg!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device_arg}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device_arg}: only {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def setup(device_arg: str | None, backend: str = "auto") -> tuple[World, torch.device]:
