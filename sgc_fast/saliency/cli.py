@@ -148,12 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ImportError, FileNotFoundError) as e:
         raise SystemExit(f"sgc-saliency: {e}") from None
     out = Path(args.out) if args.out else default_out(args)
-    from ..files import check_writable
+    from ..files import check_writable, stale_temps
 
     try:
         check_writable(out, "--out", folder=False)
     except ValueError as exc:
         raise SystemExit(f"sgc-saliency: {exc}") from None
+    for tmp in stale_temps(out):  # what a killed build left behind
+        print(f"sgc-saliency: removing {tmp}, the remains of an interrupted build")
+        tmp.unlink()
     ids = [base.image_id(i) for i in range(len(base))]
     loader = _SequentialBatches(base, args.image_size, args.batch_size, args.workers) if provider.needs_images else None
     t0 = time.perf_counter()
