@@ -144,6 +144,11 @@ def consistency_term(method: str, image_size: int, temperature: float, negatives
     raise ValueError(f"method: expected sgc, cgc, l2 or baseline, got {method!r}")
 
 
+def _full(x: torch.Tensor) -> torch.Tensor:
+    """float32 for the half-precision outputs of autocast; float32 and float64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def train_step(model: nn.Module, batch: dict, method: str, term_fn: nn.Module | None, lambda_: float,
                device: torch.device, memory_format=torch.contiguous_format) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss of one batch from :func:`sgc_fast.data.views.collate_views`. Returns ``(loss, parts)`` with
@@ -156,7 +161,7 @@ def train_step(model: nn.Module, batch: dict, method: str, term_fn: nn.Module | 
 
     y = batch["target"].to(device, non_blocking=nb)
     logits_xe = model(view("xe"))
-    ce_xe = F.cross_entropy(logits_xe.float(), y)
+    ce_xe = F.cross_entropy(_full(logits_xe), y)
     acc1 = (logits_xe.detach().argmax(1) == y).float().mean() * 100
     zero = ce_xe.detach().new_zeros(())
     if method == "baseline":
@@ -178,9 +183,9 @@ def train_step(model: nn.Module, batch: dict, method: str, term_fn: nn.Module | 
     if batch.get("semi"):  # semi-supervised: the views are unlabelled, only xe has a label
         ce_orig = ce_aug = zero
     else:
-        ce_orig = F.cross_entropy(logits_orig.float(), y)
-        ce_aug = F.cross_entropy(logits_aug.float(), y)
-    term = term.float()
+        ce_orig = F.cross_entropy(_full(logits_orig), y)
+        ce_aug = F.cross_entropy(_full(logits_aug), y)
+    term = _full(term)
     loss = ce_xe + ce_orig + ce_aug + lambda_ * term
     parts = torch.stack([loss.detach(), ce_xe.detach(), ce_orig.detach(), ce_aug.detach(), term.detach(), acc1])
     return loss, parts
