@@ -53,12 +53,23 @@ from sgc_fast.train.loop import AMP, JsonlLog, train_one_epoch  # noqa: E402
 
 CSV = ROOT / "benchmarks" / "results" / "step.csv"
 COLUMNS = ("date", "device", "torch", "arch", "method", "image_size", "batch", "steps", "precision", "pipeline",
-           "u2net", "step_s", "images_per_s", "peak_mb", "memory", "precompute_s", "speedup_vs_research")
+           "u2net", "step_s", "images_per_s", "peak_mb", "memory", "precompute_s", "speedup_vs_research",
+           "speedup_vs_research_fp32")
 PRESETS = {
     "cpu": [{"arch": "resnet18", "batch": 8, "image_size": 224}],
     "gpu": [{"arch": "resnet50", "batch": 64, "image_size": 224}, {"arch": "resnet18", "batch": 192, "image_size": 224}],
 }
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (``VmHWM``). Not ``ru_maxrss``: Linux carries that over ``fork`` +
+    ``execve``, so a child would report its parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def device_name(device: torch.device) -> str:
@@ -175,7 +186,7 @@ def measure(args, cfg, pipeline: str, precision: str, device, folder: Path) -> d
     if device.type == "cuda":
         peak, memory = torch.cuda.max_memory_allocated(device) / 2**20, "cuda max_memory_allocated"
     else:
-        peak, memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
+        peak, memory = peak_rss_mb(), "process peak RSS"
     return {"step_s": statistics.median(times), "peak_mb": peak, "memory": memory}
 
 
@@ -224,6 +235,7 @@ def main(argv=None) -> list[dict]:
         c.update({k: v for k, v in (("arch", args.arch), ("batch", args.batch), ("image_size", args.image_size)) if v})
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     rows = []
+    research_fp32: dict[str, float] = {}  # the research code trains in float32 only
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for cfg in cfgs:
@@ -241,7 +253,13 @@ def main(argv=None) -> list[dict]:
                         raise SystemExit(f"bench_step: {pipeline} {precision} failed:\n{proc.stdout[-1500:]}"
                                          f"{proc.stderr[-2500:]}")
                     results[pipeline] = json.loads(line[-1][len("RESULT "):])
+                    print(f"{cfg['arch']} {cfg['image_size']} px b{cfg['batch']} {precision} {pipeline}: "
+                          f"{results[pipeline]['step_s']:.3f} s/step, peak {results[pipeline]['peak_mb']:.0f} MB",
+                          flush=True)
                 research_s = results["research"]["step_s"]
+                if precision == "fp32":
+                    research_fp32[cfg["arch"]] = research_s
+                fp32_s = research_fp32.get(cfg["arch"])
                 for pipeline, r in results.items():
                     rows.append({
                         "date": stamp, "device": device_name(device), "torch": torch.__version__, "arch": cfg["arch"],
@@ -251,13 +269,15 @@ def main(argv=None) -> list[dict]:
                         "images_per_s": f"{cfg['batch'] / r['step_s']:.2f}", "peak_mb": f"{r['peak_mb']:.0f}",
                         "memory": r["memory"], "precompute_s": f"{pre_s:.1f}" if "cache" in pipeline or (
                             pipeline.startswith("library") and not pipeline.endswith("loader")) and args.method == "sgc"
-                        else "", "speedup_vs_research": f"{research_s / r['step_s']:.2f}"})
+                        else "", "speedup_vs_research": f"{research_s / r['step_s']:.2f}",
+                        "speedup_vs_research_fp32": f"{fp32_s / r['step_s']:.2f}" if fp32_s else ""})
     print(f"\n{rows[0]['device']}, torch {torch.__version__}, {args.method}, median of {args.steps} steps\n")
-    print("| arch | px | batch | precision | pipeline | step s | images/s | peak MB | vs research |\n"
-          "|---|---|---|---|---|---|---|---|---|")
+    print("| arch | px | batch | precision | pipeline | step s | images/s | peak MB | vs research | vs research fp32 |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['arch']} | {r['image_size']} | {r['batch']} | {r['precision']} | {r['pipeline']} | {r['step_s']} | "
-              f"{r['images_per_s']} | {r['peak_mb']} | {r['speedup_vs_research']}x |")
+              f"{r['images_per_s']} | {r['peak_mb']} | {r['speedup_vs_research']}x | "
+              f"{r['speedup_vs_research_fp32'] or '-'}x |")
     if not args.no_csv:
         out = Path(args.csv) if args.csv else CSV
         out.parent.mkdir(parents=True, exist_ok=True)

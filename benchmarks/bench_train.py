@@ -54,6 +54,16 @@ PRECISION_COLUMNS = ("date", "device", "torch", "arch", "method", "image_size", 
                      "repeats", "epoch_s", "images_per_s", "peak_mb", "memory", "speedup_vs_first")
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set (``VmHWM``). Not ``ru_maxrss``: Linux carries that over ``fork`` +
+    ``execve``, so a child would report its parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -202,7 +212,7 @@ def measure_precision(args, device) -> dict:
     if device.type == "cuda":
         peak, memory = torch.cuda.max_memory_allocated(device) / 2**20, "cuda max_memory_allocated"
     else:
-        peak, memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
+        peak, memory = peak_rss_mb(), "process peak RSS"
     out = {"epoch_s": secs, "peak_mb": peak, "memory": memory}
     print("RESULT " + json.dumps(out), flush=True)
     return out

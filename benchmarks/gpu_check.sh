@@ -5,7 +5,7 @@
 # result lands in $OUT (default ./gpu_results), at most 8 files:
 #   device.txt build.log gpu_tests.log memcheck.log ops.csv bench.log launches.md summary.md
 # (cam mode: device.txt build.log cam.csv cam.log summary.md; train mode: device.txt build.log
-#  train_precision.csv train.log summary.md)
+#  train_precision.csv step.csv train.log summary.md)
 # Usage: BUDGET=520 [WHEELS=dir] bash benchmarks/gpu_check.sh [all|tests|bench|cam|train]
 #   tests: build, GPU tests, compute-sanitizer memcheck; bench: build, benchmarks; all (default): build, GPU
 #   tests, benchmarks (no memcheck); cam: build, then bench_cam.py (sgc_fast.CAM against pytorch-grad-cam,
@@ -13,7 +13,8 @@
 #   cam.log. The anchors are benchmark-only: on a machine without internet put their wheels (grad-cam, ttach,
 #   captum, torchcam and what the machine lacks of their needs) in a folder, WHEELS=dir; a missing anchor is a
 #   failed row, sgc_fast's rows still run. train: build, then one sgc training epoch per precision (fp32, bf16;
-#   ResNet-50, 224 px, batch 64, 512 synthetic images) with bench_train.py --precision, then a 2-epoch
+#   ResNet-50, 224 px, batch 64, 512 synthetic images) with bench_train.py --precision, the whole-step
+#   comparison with the research pipeline (bench_step.py --preset gpu: ResNet-50 b64, ResNet-18 b192), then a 2-epoch
 #   sgc-train run with --amp bf16 --channels-last (the fused kernels on reduced-precision features, end to end).
 # Split over two calls on one warm machine, the second build is an incremental no-op (build/ is kept).
 set -uo pipefail
@@ -64,6 +65,9 @@ if [ "$MODE" = train ]; then
   stage "training epoch per precision (bench_train.py --precision)"
   timeout $(($(left) - 150)) $PY benchmarks/bench_train.py --device cuda --precision fp32 --precision bf16 \
     -a resnet50 --image-size 224 -b 64 --images 512 -j 8 --repeats 2 --csv "$OUT/train_precision.csv" 2>&1 | tee -a "$OUT/train.log"
+  stage "whole training steps: research pipeline vs the library (bench_step.py --preset gpu)"
+  timeout $(($(left) - 120)) $PY benchmarks/bench_step.py --preset gpu --device cuda -j 8 --steps 5 \
+    --csv "$OUT/step.csv" 2>&1 | tee -a "$OUT/train.log"
   stage "sgc-train --amp bf16 --channels-last, 2 epochs"
   timeout $(($(left) - 10)) $PY -m sgc_fast.train --dataset synthetic --image-size 224 --limit 1024 -b 64 \
     -a resnet50 --epochs 2 --lr 0.01 --amp bf16 --channels-last -j 8 --no-progress --save_dir /tmp/ck \

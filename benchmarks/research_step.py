@@ -91,7 +91,7 @@ def research_loss(model, xe, images, aug, target, *, method: str, lam: float, te
     size = images.shape[-1]
     logits_xe = model(xe)
     logits_o, feats_o = research_forward(model, images)
-    t = np.argmax(logits_o.detach().cpu().numpy(), axis=1)  # the research code's NumPy round trip
+    t = np.argmax(logits_o.detach().float().cpu().numpy(), axis=1)  # the research code's NumPy round trip
     m_o = research_cam_maps(logits_o, feats_o, t, size)
     logits_a, feats_a = research_forward(model, aug)
     m_a = research_cam_maps(logits_a, feats_a, t, size)
