@@ -42,18 +42,30 @@ def research_loss_and_grads(views, *, kind, temperature=0.5):
     return loss, torch.autograd.grad(loss, o.leaves)
 
 
+def float32_slack(f32_grads, f64_grads) -> list[float]:
+    """Per tensor, 8x the error of the same computation done in float32 by the research-style oracle. Some random
+    problems are ill-conditioned (a crop of 1-2 pixels makes the warped map constant, and a gradient that is ~0
+    comes out of cancelling large terms): there every float32 implementation, the oracle too, is off by more than
+    the relative tolerance of the largest true gradient; the fused backends must do as well as float32 allows."""
+    return [8 * (a.double() - b).abs().max().item() for a, b in zip(f32_grads, f64_grads, strict=True)]
+
+
 def assert_parity(views, *, kind, backend, dtype, temperature=0.5, what=""):
     loss, grads = library_loss_and_grads(views, kind=kind, backend=backend, temperature=temperature)
     want_loss, want_grads = research_loss_and_grads(views, kind=kind, temperature=temperature)
+    slack = [0.0] * 4
+    if dtype == F32:
+        f32 = rs.contrast_loss(*views.leaves, kind=kind, temperature=temperature, **views.frame())
+        slack = float32_slack(torch.autograd.grad(f32, views.leaves), want_grads)
     assert loss.dim() == 0 and loss.dtype == (F64 if dtype == F64 else F32)
     assert torch.isfinite(loss)
     rtol = RTOL[dtype]
     assert_close(loss, want_loss, rtol, what=f"{what} loss")
     names = ("feats_orig", "grads_orig", "feats_aug", "grads_aug")
-    for name, g, w in zip(names, grads, want_grads, strict=True):
+    for name, g, w, extra in zip(names, grads, want_grads, slack, strict=True):
         assert g.dtype == dtype
         assert torch.isfinite(g).all(), f"{what} d{name} not finite"
-        assert_close(g, w, rtol, atol=ATOL[dtype], what=f"{what} d{name}")
+        assert_close(g, w, rtol, atol=max(ATOL[dtype], extra), what=f"{what} d{name}")
     return loss, grads
 
 
@@ -225,9 +237,13 @@ def test_separate_negatives(backend, frame, dtype, B, N):
     assert_close(logits, want, RTOL[dtype], what="logits")
     got_grads = torch.autograd.grad(rs.info_nce(logits), (cam_orig, cam_aug, neg_cam))
     want_grads = torch.autograd.grad(rs.info_nce(want), d)
-    for name, g, wg in zip(("cam_orig", "cam_aug", "neg_cam"), got_grads, want_grads, strict=True):
+    slack = [0.0] * 3
+    if dtype == F32:
+        f32 = rs.contrast_logits_separate(cam_orig, cam_aug, neg_cam, neg_mask=neg_mask, self_index=self_index, **kw)
+        slack = float32_slack(torch.autograd.grad(rs.info_nce(f32), (cam_orig, cam_aug, neg_cam)), want_grads)
+    for name, g, wg, extra in zip(("cam_orig", "cam_aug", "neg_cam"), got_grads, want_grads, slack, strict=True):
         assert torch.isfinite(g).all()
-        assert_close(g, wg, RTOL[dtype], atol=ATOL[dtype], what=f"d{name}")
+        assert_close(g, wg, RTOL[dtype], atol=max(ATOL[dtype], extra), what=f"d{name}")
 
 
 # ---------------------------------------------------------------------------------------------------------
