@@ -520,3 +520,20 @@ def test_cli_u2net_needs_weights(tmp_path):
     _write_imagefolder(tmp_path)
     with pytest.raises(SystemExit, match="weights"):
         saliency_main([str(tmp_path), "--provider", "u2net", "--no-progress"])
+
+
+def test_u2net_provider_under_autocast(small_weights, small_provider):
+    images = torch.randn(2, 3, 40, 40)
+    fast = U2NetProvider(small_weights, small=True, device="cpu", amp="bf16")
+    sal, sal32 = fast.saliency(images), small_provider.saliency(images)
+    assert sal.dtype == torch.float32 and torch.isfinite(sal).all()
+    assert (sal - sal32).abs().max() < 0.05  # bf16 network, float32 map
+    agree = (fast(images) == small_provider(images)).float().mean()
+    assert agree > 0.95, agree
+    assert fast.config()["amp"] == "bf16" and "amp" not in small_provider.config()  # part of the cache key
+    with pytest.raises(ValueError, match="amp"):
+        U2NetProvider(small_weights, small=True, device="cpu", amp="fp8")
+    from sgc_fast.saliency import get_provider
+
+    with pytest.raises(ValueError, match="^amp: only the U²-Net providers"):
+        get_provider("opencv", amp="bf16")

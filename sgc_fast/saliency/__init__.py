@@ -72,6 +72,7 @@ def get_provider(
     threshold: float | str | None = None,
     working_size: int | None = None,
     dataset=None,
+    amp: str | None = None,
 ) -> SaliencyProvider:
     """Provider by its command-line name (one of :data:`PROVIDERS`); ``threshold=None`` keeps each
     provider's default (0.5 for U²-Net, Otsu for OpenCV)."""
@@ -79,7 +80,10 @@ def get_provider(
         if weights is None:
             raise ValueError(f"weights: provider {name!r} needs the official {name}.pth file (--weights PATH)")
         return U2NetProvider(weights, small=name == "u2netp", device=device,
-                             threshold=0.5 if threshold is None else float(threshold), working_size=working_size)
+                             threshold=0.5 if threshold is None else float(threshold), working_size=working_size,
+                             amp=amp)
+    if amp is not None:
+        raise ValueError(f"amp: only the U²-Net providers run a network, got provider {name!r}")
     if name in ("opencv", "opencv-fine-grained"):
         kind = "fine_grained" if name == "opencv-fine-grained" else "spectral_residual"
         return OpenCVStaticProvider(kind, threshold="otsu" if threshold is None else threshold)

@@ -5,6 +5,7 @@ Resize(round(S·256/224)) + CenterCrop(S) + ImageNet Normalize), batched, with a
 Examples::
 
     sgc-saliency /data/cub --split train --provider u2net --weights pretrain/u2net/u2net.pth --device cuda
+    sgc-saliency /data/CUB_200_2011 --dataset cub --provider u2net --weights u2net.pth --device cuda -b 64 --amp bf16
     sgc-saliency /data/cub --split train --provider opencv -b 64 -j 8
     sgc-saliency --dataset synthetic --split train --image-size 64 --provider opencv --out masks/syn.sgcmask
 
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--working-size", type=int, default=None,
                    help="U²-Net: run at this size and resize the map back (default: the view size, as upstream)")
     p.add_argument("--image-size", type=int, default=224, help="S: the centre-view size the masks are for")
+    p.add_argument("--amp", default=None, choices=("bf16", "fp16"),
+                   help="U²-Net under autocast (tensor cores on a GPU); recorded in the cache key")
     p.add_argument("-b", "--batch-size", type=int, default=32)
     p.add_argument("-j", "--workers", type=int, default=DEFAULT_WORKERS, help="image-loading workers")
     p.add_argument("--device", default=None, help="where U²-Net runs (default: cuda if available)")
@@ -144,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     base = _dataset(args)
     try:
         provider = get_provider(args.provider, image_size=args.image_size, weights=args.weights, device=args.device,
-                                threshold=_threshold(args.threshold), working_size=args.working_size, dataset=base)
+                                threshold=_threshold(args.threshold), working_size=args.working_size, dataset=base,
+                                amp=args.amp)
     except (ValueError, ImportError, FileNotFoundError) as e:
         raise SystemExit(f"sgc-saliency: {e}") from None
     out = Path(args.out) if args.out else default_out(args)

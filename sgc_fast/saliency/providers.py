@@ -153,7 +153,12 @@ class U2NetProvider(SaliencyProvider):
         working_size: if set, the input is resized (bilinear) to ``working_size × working_size`` and the
             map back to the input size before normalisation; ``None`` (default, as upstream) runs at the
             input size.
+        amp: ``None`` (float32, as upstream), ``"bf16"`` or ``"fp16"``: the network runs under autocast (tensor
+            cores on a GPU); the map is normalised and thresholded in float32. A pixel near the threshold may
+            change side, so the setting is part of the cache key.
     """
+
+    AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
     def __init__(
         self,
@@ -162,7 +167,11 @@ class U2NetProvider(SaliencyProvider):
         device: str | torch.device | None = None,
         threshold: float = 0.5,
         working_size: int | None = None,
+        amp: str | None = None,
     ) -> None:
+        if amp is not None and amp not in self.AMP:
+            raise ValueError(f"amp: expected None, 'bf16' or 'fp16', got {amp!r}")
+        self.amp = amp
         self.weights = Path(weights)
         self.small = bool(small)
         self.name = "u2netp" if self.small else "u2net"
@@ -180,6 +189,7 @@ class U2NetProvider(SaliencyProvider):
             "normalize": "minmax-per-image",
             "threshold": self.threshold,
             "working_size": self.working_size,
+            **({"amp": self.amp} if self.amp else {}),
         }
 
     def saliency(self, images: torch.Tensor) -> torch.Tensor:
@@ -189,8 +199,9 @@ class U2NetProvider(SaliencyProvider):
         size = x.shape[-2:]
         if self.working_size is not None and tuple(size) != (self.working_size,) * 2:
             x = F.interpolate(x, size=(self.working_size,) * 2, mode="bilinear", align_corners=False)
-        with torch.no_grad():
-            prob = torch.sigmoid(self.model.side_logits(x)[0])
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=self.AMP.get(self.amp, torch.bfloat16),
+                                             enabled=self.amp is not None):
+            prob = torch.sigmoid(self.model.side_logits(x)[0].float())
         if prob.shape[-2:] != size:
             prob = F.interpolate(prob, size=size, mode="bilinear", align_corners=False)
         return prob[:, 0]
