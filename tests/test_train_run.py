@@ -223,3 +223,38 @@ def test_tensorboard_events_beside_the_json_lines(tmp_path):
     _run(tmp_path, "--epochs", "1")
     assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
     assert _log(tmp_path, "start")[0]["tensorboard"] is True
+
+
+@pytest.mark.parametrize("method", ["sgc", "cgc"])
+def test_single_forward_is_the_same_loss_without_batch_statistics(method):
+    """In eval mode (no batch statistics) one forward of the concatenated views is the three forwards exactly; in
+    train mode BatchNorm normalises the views together, a different (documented) objective."""
+    import torchvision
+
+    from sgc_fast.data.synthetic import SyntheticShapes
+    from sgc_fast.data.views import GroundTruthMasks, MultiViewDataset, collate_views
+
+    base = SyntheticShapes("train", size=48, length=4)
+    views = MultiViewDataset(base, method, 48, masks=GroundTruthMasks(base, 48) if method == "sgc" else None)
+    batch = collate_views([views[i] for i in range(4)])
+    for k in ("xe", "orig", "aug"):
+        batch[k] = batch[k].double()
+    term = loop.consistency_term(method, 48, 0.5)
+    results = {}
+    for train_mode in (False, True):
+        for single in (False, True):
+            torch.manual_seed(0)
+            model = torchvision.models.resnet18(num_classes=5).double().train(train_mode)
+            loss, _ = loop.train_step(model, batch, method, term, 0.5, torch.device("cpu"), single_forward=single)
+            loss.backward()
+            results[train_mode, single] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
+    (a, ga), (b, gb) = results[False, False], results[False, True]
+    assert torch.allclose(a, b, rtol=1e-10, atol=0)
+    for x, y in zip(ga, gb, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-8, atol=1e-12)
+    assert torch.isfinite(results[True, True][0]) and not torch.allclose(results[True, True][0], results[True, False][0])
+
+
+def test_single_forward_flag_trains(tmp_path):
+    result = _run(tmp_path, "--epochs", "1", "--single-forward")
+    assert result["epoch"] == 1 and load_checkpoint(tmp_path / "ckpt" / "last.pt")["args"]["single_forward"] is True

@@ -150,24 +150,36 @@ def _full(x: torch.Tensor) -> torch.Tensor:
 
 
 def train_step(model: nn.Module, batch: dict, method: str, term_fn: nn.Module | None, lambda_: float,
-               device: torch.device, memory_format=torch.contiguous_format) -> tuple[torch.Tensor, torch.Tensor]:
+               device: torch.device, memory_format=torch.contiguous_format,
+               single_forward: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss of one batch from :func:`sgc_fast.data.views.collate_views`. Returns ``(loss, parts)`` with
     ``parts`` = the detached values of :data:`PARTS` as one float32 tensor (read back with a single sync).
-    Run it under autocast for mixed precision."""
+    Run it under autocast for mixed precision. ``single_forward``: the three views go through the model as one
+    batch (one forward, larger kernels; BatchNorm then normalises the three views together, unlike upstream's
+    three train-mode forwards, which remain the default)."""
     nb = device.type == "cuda"
 
     def view(name):
         return batch[name].to(device, non_blocking=nb).contiguous(memory_format=memory_format)
 
     y = batch["target"].to(device, non_blocking=nb)
-    logits_xe = model(view("xe"))
+    joint = single_forward and method != "baseline"
+    if joint:
+        views = [view("xe"), view("orig"), view("aug")]
+        logits_all, feats_all = forward_feats(model, torch.cat(views))
+        sizes = [v.shape[0] for v in views]
+        logits_xe, logits_orig, logits_aug = logits_all.split(sizes)
+        _, feats_orig, feats_aug = feats_all.split(sizes)
+    else:
+        logits_xe = model(view("xe"))
     ce_xe = F.cross_entropy(_full(logits_xe), y)
     acc1 = (logits_xe.detach().argmax(1) == y).float().mean() * 100
     zero = ce_xe.detach().new_zeros(())
     if method == "baseline":
         return ce_xe, torch.stack([ce_xe.detach(), ce_xe.detach(), zero, zero, zero, acc1])
-    logits_orig, feats_orig = forward_feats(model, view("orig"))
-    logits_aug, feats_aug = forward_feats(model, view("aug"))
+    if not joint:
+        logits_orig, feats_orig = forward_feats(model, view("orig"))
+        logits_aug, feats_aug = forward_feats(model, view("aug"))
     targets = logits_orig.detach().argmax(1)  # CAM target: the original view's prediction (no host trip)
     grads_orig = cam_grads(model, logits_orig, feats_orig, targets)
     grads_aug = cam_grads(model, logits_aug, feats_aug, targets)
@@ -196,7 +208,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                     log: JsonlLog, print_freq: int = 10, progress: bool = True, world: World | None = None,
                     amp: AMP | None = None, memory_format=torch.contiguous_format, max_bad_steps: int = 5,
                     checkpoint_every: int = 0, on_checkpoint=None, start_step: int = 0, partial: dict | None = None,
-                    board: TensorBoard | None = None) -> dict:
+                    board: TensorBoard | None = None, single_forward: bool = False) -> dict:
     """One pass over ``loader``; logs every step; returns the epoch means of :data:`PARTS` (over the ranks) and
     ``skipped_steps``.
 
@@ -219,7 +231,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         if "replaced" in batch:  # undecodable images the dataset replaced by the next ones (CPU tensor: no sync)
             replaced += int(batch["replaced"].sum())
         with amp.autocast():
-            loss, parts = train_step(model, batch, method, term_fn, lambda_, device, memory_format)
+            loss, parts = train_step(model, batch, method, term_fn, lambda_, device, memory_format, single_forward)
         optimizer.zero_grad(set_to_none=True)
         if amp.scaler is not None:
             amp.scaler.scale(loss).backward()
