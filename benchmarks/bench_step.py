@@ -23,14 +23,9 @@ under autocast. Rows are appended to ``benchmarks/results/step.csv``.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
-import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import research_step  # noqa: E402
+from bench_common import append_rows, device_name, peak_rss_mb, report, run_child, u2net_weights, without_options  # noqa: E402
 
 from sgc_fast.data.synthetic import SyntheticShapes  # noqa: E402
 from sgc_fast.data.views import MultiViewDataset, ProviderMasks, collate_views  # noqa: E402
@@ -60,32 +56,6 @@ PRESETS = {
     "gpu": [{"arch": "resnet50", "batch": 64, "image_size": 224}, {"arch": "resnet18", "batch": 192, "image_size": 224}],
 }
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set (``VmHWM``). Not ``ru_maxrss``: Linux carries that over ``fork`` +
-    ``execve``, so a child would report its parent's peak."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.machine()} cpu x{os.cpu_count()}"
-
-
-def _u2net_weights(folder: Path, small: bool) -> Path:
-    from sgc_fast.saliency.u2net import U2Net
-
-    path = folder / ("u2netp.pth" if small else "u2net.pth")
-    if not path.exists():
-        torch.manual_seed(0)
-        torch.save(U2Net(small=small).state_dict(), path)
-    return path
 
 
 def _base(cfg, steps: int):
@@ -105,7 +75,7 @@ def build_cache(cfg, args, folder: Path, device) -> tuple[Path, float]:
     from sgc_fast.saliency.transforms import center_view_transform
 
     base = _base(cfg, args.warmup + args.steps)
-    provider = U2NetProvider(_u2net_weights(folder, args.u2net == "small"), small=args.u2net == "small",
+    provider = U2NetProvider(u2net_weights(folder, args.u2net == "small"), small=args.u2net == "small",
                              device=str(device))
     center = center_view_transform(cfg["image_size"])
     path = folder / f"{cfg['arch']}-{cfg['image_size']}-{cfg['batch']}.sgcmask"
@@ -133,7 +103,7 @@ def measure(args, cfg, pipeline: str, precision: str, device, folder: Path) -> d
     if pipeline.startswith("research"):
         if args.method == "sgc" and pipeline == "research":
             net = U2Net(small=args.u2net == "small")
-            net.load_state_dict(torch.load(_u2net_weights(folder, args.u2net == "small"), weights_only=True))
+            net.load_state_dict(torch.load(u2net_weights(folder, args.u2net == "small"), weights_only=True))
             data = research_step.ResearchSGCData(base, net, S)
             collate = None
         else:  # the research step on the library's views (mask cache for SGC; CGC's crops and flips)
@@ -161,7 +131,7 @@ def measure(args, cfg, pipeline: str, precision: str, device, folder: Path) -> d
         backend = pipeline.split(":")[1].split("+")[0]
         if args.method == "sgc":
             if pipeline.endswith("+loader"):
-                provider = U2NetProvider(_u2net_weights(folder, args.u2net == "small"), small=args.u2net == "small",
+                provider = U2NetProvider(u2net_weights(folder, args.u2net == "small"), small=args.u2net == "small",
                                          device="cpu")
                 masks = ProviderMasks(provider)
             else:
@@ -227,7 +197,7 @@ def main(argv=None) -> list[dict]:
     if args.one:
         pipeline, precision, cfg, folder = args.one.split("|", 3)
         out = measure(args, json.loads(cfg), pipeline, precision, device, Path(folder))
-        print("RESULT " + json.dumps(out), flush=True)
+        report(out)
         return [out]
     precisions = args.precision or ["fp32", "bf16"]
     cfgs = [dict(c) for c in PRESETS[args.preset]]
@@ -243,16 +213,9 @@ def main(argv=None) -> list[dict]:
             for precision in precisions:
                 results = {}
                 for pipeline in pipelines(args.method, device):
-                    passthrough = [a for a in (argv if argv is not None else sys.argv[1:])
-                                   if a not in ("--no-csv",)]
-                    cmd = [sys.executable, __file__, *_strip(passthrough), "--one",
-                           f"{pipeline}|{precision}|{json.dumps(cfg)}|{folder}"]
-                    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-                    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-                    if proc.returncode or not line:
-                        raise SystemExit(f"bench_step: {pipeline} {precision} failed:\n{proc.stdout[-1500:]}"
-                                         f"{proc.stderr[-2500:]}")
-                    results[pipeline] = json.loads(line[-1][len("RESULT "):])
+                    child = without_options(argv if argv is not None else sys.argv[1:], ("--precision", "--csv"))
+                    results[pipeline] = run_child(__file__, [*child, "--one", f"{pipeline}|{precision}|"
+                                                             f"{json.dumps(cfg)}|{folder}"], f"{pipeline} {precision}")
                     print(f"{cfg['arch']} {cfg['image_size']} px b{cfg['batch']} {precision} {pipeline}: "
                           f"{results[pipeline]['step_s']:.3f} s/step, peak {results[pipeline]['peak_mb']:.0f} MB",
                           flush=True)
@@ -279,32 +242,8 @@ def main(argv=None) -> list[dict]:
               f"{r['images_per_s']} | {r['peak_mb']} | {r['speedup_vs_research']}x | "
               f"{r['speedup_vs_research_fp32'] or '-'}x |")
     if not args.no_csv:
-        out = Path(args.csv) if args.csv else CSV
-        out.parent.mkdir(parents=True, exist_ok=True)
-        new = not out.exists()
-        with open(out, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS)
-            if new:
-                w.writeheader()
-            w.writerows(rows)
-        print(f"\nappended {len(rows)} rows to {out}")
+        append_rows(Path(args.csv) if args.csv else CSV, COLUMNS, rows)
     return rows
-
-
-def _strip(argv: list[str]) -> list[str]:
-    """The command line without the options the parent resolves (precisions and output)."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a in ("--precision", "--csv"):
-            skip = True
-            continue
-        if a.startswith(("--precision=", "--csv=")):
-            continue
-        out.append(a)
-    return out
 
 
 if __name__ == "__main__":

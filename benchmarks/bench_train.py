@@ -22,14 +22,8 @@ Rows go to ``benchmarks/results/train_precision.csv``.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
-import json
-import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +34,10 @@ from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import append_rows, device_name, peak_rss_mb, report, run_child, u2net_weights, without_options  # noqa: E402, I001
 
 from sgc_fast.data.views import GroundTruthMasks, MultiViewDataset, ProviderMasks, collate_views  # noqa: E402
 from sgc_fast.train.loop import AMP, JsonlLog, consistency_term, train_one_epoch  # noqa: E402
@@ -54,22 +52,6 @@ PRECISION_COLUMNS = ("date", "device", "torch", "arch", "method", "image_size", 
                      "repeats", "epoch_s", "images_per_s", "peak_mb", "memory", "speedup_vs_first")
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set (``VmHWM``). Not ``ru_maxrss``: Linux carries that over ``fork`` +
-    ``execve``, so a child would report its parent's peak."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.machine()} cpu x{os.cpu_count()}"
-
-
 def make_provider(name: str, workdir: Path, device: torch.device):
     """A saliency provider; the U²-Net variants get random weights written to a temporary file."""
     if name == "opencv":
@@ -77,13 +59,9 @@ def make_provider(name: str, workdir: Path, device: torch.device):
 
         return OpenCVStaticProvider()
     from sgc_fast.saliency.providers import U2NetProvider
-    from sgc_fast.saliency.u2net import U2Net
 
     small = name == "u2netp-random"
-    torch.manual_seed(0)
-    path = workdir / ("u2netp.pth" if small else "u2net.pth")
-    torch.save(U2Net(small=small).state_dict(), path)
-    return U2NetProvider(path, small=small, device="cpu" if device.type == "cpu" else device)
+    return U2NetProvider(u2net_weights(workdir, small), small=small, device="cpu" if device.type == "cpu" else device)
 
 
 def build_cache(path: Path, base, provider, image_size: int, batch: int) -> tuple[object, float]:
@@ -183,14 +161,7 @@ def main(argv=None) -> list[dict]:
         print(f"| {r['provider']} | {r['masks']} | {r['precompute_s'] or '-'} | {r['epoch_s']} | "
               f"{r['images_per_s']} | {r['speedup_vs_loader']}x |")
     if not args.no_csv:
-        CSV.parent.mkdir(parents=True, exist_ok=True)
-        new = not CSV.exists()
-        with open(CSV, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS)
-            if new:
-                w.writeheader()
-            w.writerows(rows)
-        print(f"\nappended {len(rows)} rows to {CSV.relative_to(ROOT)}")
+        append_rows(CSV, COLUMNS, rows)
     return rows
 
 
@@ -214,32 +185,16 @@ def measure_precision(args, device) -> dict:
     else:
         peak, memory = peak_rss_mb(), "process peak RSS"
     out = {"epoch_s": secs, "peak_mb": peak, "memory": memory}
-    print("RESULT " + json.dumps(out), flush=True)
+    report(out)
     return out
 
 
 def precision_rows(args, argv: list[str], device) -> list[dict]:
-    passthrough = [a for a in argv if a != "--no-csv"]
-    cleaned, skip = [], False
-    for a in passthrough:  # drop --precision P / --repeats N: the child measures one precision
-        if skip:
-            skip = False
-            continue
-        if a in ("--precision", "--repeats"):
-            skip = True
-            continue
-        if a.startswith(("--precision=", "--repeats=")):
-            continue
-        cleaned.append(a)
+    cleaned = without_options(argv, ("--precision", "--repeats"))  # the child measures one precision
     runs: dict[str, list[dict]] = {p: [] for p in args.precision}
     for _ in range(args.repeats):
         for prec in args.precision:
-            proc = subprocess.run([sys.executable, __file__, *cleaned, "--one-precision", prec], capture_output=True,
-                                  text=True, check=False)
-            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-            if proc.returncode or not line:
-                raise SystemExit(f"bench_train: the {prec} run failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-            runs[prec].append(json.loads(line[-1][len("RESULT "):]))
+            runs[prec].append(run_child(__file__, [*cleaned, "--one-precision", prec], f"the {prec} run"))
     trained = (args.images // args.batch_size) * args.batch_size
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     first = statistics.median(r["epoch_s"] for r in runs[args.precision[0]])
@@ -258,15 +213,7 @@ def precision_rows(args, argv: list[str], device) -> list[dict]:
         print(f"| {r['precision']} | {r['epoch_s']} | {r['images_per_s']} | {r['peak_mb']} ({r['memory']}) | "
               f"{r['speedup_vs_first']}x |")
     if not args.no_csv:
-        out = Path(args.csv) if args.csv else PRECISION_CSV
-        out.parent.mkdir(parents=True, exist_ok=True)
-        new = not out.exists()
-        with open(out, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=PRECISION_COLUMNS)
-            if new:
-                w.writeheader()
-            w.writerows(rows)
-        print(f"\nappended {len(rows)} rows to {out}")
+        append_rows(Path(args.csv) if args.csv else PRECISION_CSV, PRECISION_COLUMNS, rows)
     return rows
 
 
