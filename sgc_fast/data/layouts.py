@@ -32,15 +32,10 @@ from __future__ import annotations
 
 import csv
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
-from PIL import Image
-from torch.utils.data import Dataset
-
-from .folder import WARN_LIST, ImageFolder, _readable
+from .folder import ImageFolder, ImageList
 
 __all__ = ["LAYOUTS", "ALIASES", "IMAGENET100", "ImageList", "open_split", "open_dataset", "imagenet100_classes", "read_mat"]
 
@@ -53,91 +48,9 @@ _HERE = Path(__file__).resolve().parent
 IMAGENET100 = _HERE / "imagenet100.txt"
 
 
-class ImageList(Dataset):
-    """A list of ``(image path, class)`` under ``root`` with class names and, optionally, boxes.
-
-    Unreadable files are left out with one warning (``check`` as :class:`~sgc_fast.data.folder.ImageFolder`);
-    ``image_id(i)`` is the path relative to ``root``; ``boxes(i)`` the ``[n, 4]`` boxes of item ``i``.
-    """
-
-    def __init__(self, root: str | os.PathLike, samples: Sequence[tuple[str | os.PathLike, int]], classes: Sequence[str],
-                 boxes: Sequence | None = None, check: str = "header", name: str = "") -> None:
-        self.root, self.classes, self.name = Path(root), list(classes), name
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-        self.samples: list[tuple[Path, int]] = []
-        self._boxes: list | None = [] if boxes is not None else None
-        self.skipped: list[Path] = []
-        for k, (path, target) in enumerate(samples):
-            path = Path(path)
-            if not 0 <= int(target) < len(self.classes):
-                raise ValueError(f"{name}: {path} has class index {target}, outside [0, {len(self.classes)})")
-            if _readable(path, check):
-                self.samples.append((path, int(target)))
-                if boxes is not None:
-                    self._boxes.append(boxes[k])
-            else:
-                self.skipped.append(path)
-        if self.skipped:
-            listed = ", ".join(str(p) for p in self.skipped[:WARN_LIST])
-            more = f" and {len(self.skipped) - WARN_LIST} more" if len(self.skipped) > WARN_LIST else ""
-            warnings.warn(f"{name}: skipped {len(self.skipped)} unreadable or missing image(s): {listed}{more}",
-                          stacklevel=2)
-        if not self.samples:
-            raise FileNotFoundError(f"{name}: no readable images under {self.root}")
-
-    @property
-    def num_skipped(self) -> int:
-        return len(self.skipped)
-
-    @property
-    def has_boxes(self) -> bool:
-        return self._boxes is not None
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def image_id(self, index: int) -> str:
-        path = self.samples[index][0]
-        try:
-            return path.relative_to(self.root).as_posix()
-        except ValueError:
-            return path.as_posix()
-
-    def boxes(self, index: int) -> torch.Tensor:
-        if self._boxes is None:
-            raise ValueError(f"{self.name}: this split has no boxes")
-        return torch.as_tensor(self._boxes[index], dtype=torch.float32).reshape(-1, 4)
-
-    def __getitem__(self, index: int):
-        path, target = self.samples[index]
-        try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-        except Exception as exc:
-            raise OSError(f"{path}: cannot be decoded ({exc})") from exc
-        return img, target
-
-    def listing(self) -> dict:
-        """Everything the scan found, for :meth:`from_listing` in another process (torchrun: rank 0 scans)."""
-        return {"kind": "list", "root": str(self.root), "classes": self.classes, "name": self.name,
-                "samples": [(str(p), t) for p, t in self.samples], "skipped": [str(p) for p in self.skipped],
-                "boxes": [torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4).tolist() for b in self._boxes]
-                if self._boxes is not None else None}
-
-    @classmethod
-    def from_listing(cls, listing: dict) -> ImageList:
-        self = cls.__new__(cls)
-        self.root, self.classes, self.name = Path(listing["root"]), list(listing["classes"]), listing["name"]
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-        self.samples = [(Path(p), int(t)) for p, t in listing["samples"]]
-        self.skipped = [Path(p) for p in listing["skipped"]]
-        self._boxes = listing["boxes"]
-        return self
-
-
 def from_listing(listing: dict):
     """An :class:`ImageList` or :class:`~sgc_fast.data.folder.ImageFolder` from its ``listing()``."""
-    return ImageList.from_listing(listing) if listing.get("kind") == "list" else ImageFolder.from_listing(listing)
+    return (ImageFolder if listing.get("kind") == ImageFolder.KIND else ImageList).from_listing(listing)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
