@@ -9,14 +9,11 @@ import os
 import numpy as np
 import pytest
 import torch
-from hardening_common import TINY, train
+from hardening_common import TINY, build_cache, train
 from PIL import Image
 
 import sgc_fast
-from sgc_fast.data.synthetic import SyntheticShapes
-from sgc_fast.saliency import key_extra
 from sgc_fast.saliency.cache import MaskCache
-from sgc_fast.saliency.providers import GroundTruthProvider
 from sgc_fast.train import cli
 from sgc_fast.train.checkpoint import load_checkpoint, save_checkpoint
 
@@ -60,10 +57,8 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_truncated_and_oversized_mask_caches_are_named(tmp_path):
-    base = SyntheticShapes("train", size=32, length=6)
-    ids = [base.image_id(i) for i in range(len(base))]
     good = tmp_path / "m.sgcmask"
-    MaskCache.build(good, ids, GroundTruthProvider(base, 32), None, key_extra=key_extra(base, 32), progress=False)
+    build_cache(good)
     raw = good.read_bytes()
     for name, data, why in (("short.sgcmask", raw[:-10], "is truncated"), ("long.sgcmask", raw + b"\0" * 64, "longer"),
                             ("header.sgcmask", raw[:20], "truncated"), ("magic.sgcmask", b"PNG" + raw[3:], "bad magic")):

@@ -7,10 +7,9 @@ import json
 import os
 
 import pytest
-from hardening_common import train
+from hardening_common import build_cache, train
 
 from sgc_fast import files
-from sgc_fast.data.synthetic import SyntheticShapes
 from sgc_fast.saliency import key_extra
 from sgc_fast.saliency.cache import MaskCache
 from sgc_fast.saliency.providers import GroundTruthProvider
@@ -19,24 +18,20 @@ from sgc_fast.train import cli
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_mask_cache_build_never_follows_a_planted_symlink(tmp_path):
-    base = SyntheticShapes("train", size=32, length=6)
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
     target = tmp_path / "m.sgcmask"
     for pid in range(os.getpid() - 2, os.getpid() + 3):  # the old predictable names, and the target itself
         (tmp_path / f".m.sgcmask.tmp-{pid}").symlink_to(victim)
-    ids = [base.image_id(i) for i in range(len(base))]
-    MaskCache.build(target, ids, GroundTruthProvider(base, 32), None, key_extra=key_extra(base, 32), progress=False)
+    build_cache(target)
     assert victim.read_text() == "precious"
     assert len(MaskCache.open(target, None)) == 6
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(files.TEMP_SUFFIX)]
 
 
 def test_failed_mask_cache_build_keeps_the_old_cache_and_leaves_no_temp(tmp_path):
-    base = SyntheticShapes("train", size=32, length=6)
-    ids = [base.image_id(i) for i in range(len(base))]
     target = tmp_path / "m.sgcmask"
-    MaskCache.build(target, ids, GroundTruthProvider(base, 32), None, key_extra=key_extra(base, 32), progress=False)
+    base, ids = build_cache(target)
     before = target.read_bytes()
 
     class Failing(GroundTruthProvider):

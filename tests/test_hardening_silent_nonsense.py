@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hardening_common import BACKENDS, TINY
+from hardening_common import BACKENDS, TINY, build_cache
 
 import sgc_fast
-from sgc_fast.data.synthetic import SyntheticShapes
-from sgc_fast.saliency import key_extra
-from sgc_fast.saliency.cache import MaskCache
 from sgc_fast.saliency.providers import SaliencyProvider
 from sgc_fast.train import cli
 
@@ -27,10 +24,8 @@ class _Empty(SaliencyProvider):
 
 
 def test_a_cache_of_empty_masks_is_refused_unless_allowed(tmp_path):
-    base = SyntheticShapes("train", size=48, bias=0.0, seed=0)
-    ids = [base.image_id(i) for i in range(len(base))]
     cache = tmp_path / "empty.sgcmask"
-    MaskCache.build(cache, ids, _Empty(), None, key_extra=key_extra(base, 48), progress=False, batch_size=512)
+    build_cache(cache, size=48, length=None, provider=_Empty(), batch_size=512)
     argv = [a for a in TINY if a not in ("ground-truth",)]
     argv[argv.index("--saliency") + 1:argv.index("--saliency") + 1] = [str(cache)]
     with pytest.raises(SystemExit, match="every saliency mask is empty"):
