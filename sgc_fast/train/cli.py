@@ -239,23 +239,22 @@ def _datasets(args, world: World):
     if args.data is None:
         _fail(f"--dataset {args.dataset} needs the data directory (positional argument)")
     expected = DATASETS[args.dataset][0]
-    listings = None
+    error = shared = None
     if world.main:
         try:
             train, val, where = open_dataset(args.dataset, args.data, class_list=args.class_list,
                                              check=args.image_check)
-            listings = (train.listing(), val.listing(), where)
         except (FileNotFoundError, ValueError, ImportError) as exc:
-            listings = str(exc)
-    listings = broadcast_object(listings, world)
-    if isinstance(listings, str):
-        _fail(listings)
-    if world.main:
-        where = listings[2]
-    else:
+            error = str(exc)
+        else:  # the other ranks take rank 0's lists instead of scanning the folder again
+            shared = (train.listing(), val.listing(), where) if world.distributed else None
+    error, shared = broadcast_object((error, shared), world)
+    if error is not None:
+        _fail(error)
+    if not world.main:
         from ..data.layouts import from_listing
 
-        train, val, where = from_listing(listings[0]), from_listing(listings[1]), listings[2]
+        train, val, where = from_listing(shared[0]), from_listing(shared[1]), shared[2]
     if expected is not None and len(train.classes) != expected:
         _fail(f"--dataset {args.dataset} expects {expected} classes, {where} has {len(train.classes)}; use "
               f"--dataset folder to take the class count from the data")
