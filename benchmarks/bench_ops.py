@@ -12,7 +12,7 @@ Backends compared in one run, on one device:
   fp32 matmul rate;
 - ``<fused backend>:<glue>-glue`` (on request, e.g. ``cuda:torch-glue``, ``triton:triton-glue``): that backend
   with the float64 glue around its kernels forced to ``native``, ``triton`` or ``torch`` (``SGC_FAST_GLUE``;
-  sgc_fast.contrast.glue_kind) -- the ablation of the glue's launch overhead.
+  sgc_fast.fused.glue_kind) -- the ablation of the glue's launch overhead.
 
 Passes: ``fwd`` (loss forward, graph built), ``bwd`` (backward alone, after an untimed forward),
 ``full`` (both). Memory (GPU only): ``peak_mb`` = peak allocated during forward + backward beyond the

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_ops  # noqa: E402
 
 import sgc_fast  # noqa: E402
-from sgc_fast import contrast  # noqa: E402
+from sgc_fast import fused  # noqa: E402
 
 # Ops that only allocate or make views: no kernel on a GPU.
 _NO_KERNEL = {
@@ -89,7 +89,7 @@ def _under_op(e) -> bool:
 
 def _glue_runs(kind: str, device: torch.device) -> bool:
     with bench_ops.glue_env(f"probe:{kind}-glue"):  # (restores a SGC_FAST_GLUE the caller had set)
-        return contrast.glue_kind(device) == kind
+        return fused.glue_kind(device) == kind
 
 
 def count(fn, params, device) -> dict:
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
         backends = args.backends.split(",")
     else:
         backends = [b for b in ("cpu", "cuda", "triton") if b in sgc_fast.available_backends(device)]
-    glues = [g for g in contrast.GLUES if g == "torch" or _glue_runs(g, device)]
+    glues = [g for g in fused.GLUES if g == "torch" or _glue_runs(g, device)]
     B, K, h, w, H, W = (int(v) for v in args.shape.split(","))
     print(f"device {bench_ops.device_name(device)}, torch {torch.__version__}, shape B={B} K={K} {h}x{w}->{H}x{W}")
     print()

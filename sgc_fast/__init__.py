@@ -17,8 +17,8 @@ Public API::
 
 from . import reference
 from .cam import Captured, capture_feats, head_grads, target_grads
-from .contrast import explain_glue, glue_kind
 from .extractor import CAM
+from .fused import explain_glue, glue_kind
 from .loss import CGCLoss, L2ConsistencyLoss, SGCLoss
 from .ops import (
     BACKENDS,

@@ -25,19 +25,18 @@ chain to the raw CAMs. The backward itself is not differentiable again.
 
 The functions here are the plain-PyTorch form of this glue (the semantics, and what runs when nothing
 faster is there). The fused backends run it through one of three interchangeable implementations
-(:func:`glue`): ``native`` (the extension's ``sgc_fast::contrast_normalise``, ``contrast_epilogue``,
+(:func:`sgc_fast.fused.glue`): ``native`` (the extension's ``sgc_fast::contrast_normalise``, ``contrast_epilogue``,
 ``contrast_coefficients``, ``contrast_unnormalise``, and for the unmasked problem ``warp_matrices``,
 ``contrast_lowres_stats``, ``contrast_lowres_grads``; csrc/contrast_glue.h), ``triton``
 (:mod:`sgc_fast.triton.contrast_glue_kernel`, :mod:`sgc_fast.triton.contrast_lowres_kernel`: the same ops as
 Triton kernels) or ``torch`` (:class:`TorchGlue`, this module) -- one or two launches each in place of ~100
 (SGC) to ~200 (CGC) small ATen ops per forward + backward. ``SGC_FAST_GLUE`` = ``native``, ``triton`` or
-``torch`` overrides the automatic choice (:func:`glue_kind`).
+``torch`` overrides the automatic choice (:func:`sgc_fast.fused.glue_kind`).
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -46,7 +45,7 @@ from .interp import cacheable, upsample_matrix, warp_matrices
 from .reference import NORM_EPS
 
 __all__ = [
-    "Problem", "GLUES", "glue_kind", "explain_glue", "glue", "TorchGlue", "NativeGlue", "pack_stats", "unpack_stats",
+    "Problem", "TorchGlue", "pack_stats", "unpack_stats",
     "prepare", "logits_from_stats", "coefficients", "lowres_stats", "lowres_grads", "unnormalise_grad",
 ]
 
@@ -94,75 +93,6 @@ class Problem:
             uy, ux = _constants_as(self.H, self.W, h, w, self.uy.device, dtype)
             return uy, ux, uy[None], ux[None]
         return self.uy.to(dtype), self.ux.to(dtype), self.vy.to(dtype), self.vx.to(dtype)
-
-
-GLUES = ("native", "triton", "torch")
-
-
-def glue_kind(device: torch.device) -> str:
-    """Which glue runs for tensors on ``device``: ``SGC_FAST_GLUE`` when set (falling back to ``torch`` where the
-    requested one cannot run), else ``native`` where the extension has kernels for the device, else ``triton``
-    on CUDA (or under ``TRITON_INTERPRET=1``), else ``torch``."""
-    want = os.environ.get("SGC_FAST_GLUE", "") or "auto"
-    if want not in GLUES + ("auto",):
-        raise ValueError(f"SGC_FAST_GLUE: expected one of {GLUES} or unset, got {want!r}")
-    if want in ("auto", "native") and _native_glue_built(device.type):
-        return "native"
-    if want in ("auto", "triton") and _triton_glue_runs(device):
-        return "triton"
-    return "torch"
-
-
-def explain_glue(device: torch.device | str = "cpu") -> dict[str, str]:
-    """``{glue: "ok" | why not}`` for tensors on ``device``, plus ``"chosen"``: what :func:`glue_kind` picks."""
-    device = torch.device(device)
-    if _native_glue_built(device.type):
-        native = "ok"
-    elif device.type not in ("cpu", "cuda"):
-        native = f"no native kernels for {device.type} tensors"
-    else:
-        native = f"extension sgc_fast._C not built with {device.type.upper()} kernels"
-    try:
-        from . import triton as sgc_triton
-
-        triton_why = sgc_triton.unavailable_reason(device) or "ok"
-    except ImportError as exc:
-        triton_why = f"Triton kernels unavailable ({exc})"
-    return {"native": native, "triton": triton_why, "torch": "ok", "chosen": glue_kind(device)}
-
-
-def glue(device: torch.device):
-    """The glue implementation for ``device`` (see :func:`glue_kind`): an object with the methods of
-    :class:`TorchGlue` (``normalise``, ``epilogue``, ``coefficients``, ``unnormalise``, ``warp_matrices``,
-    ``lowres_stats``, ``lowres_grads``)."""
-    kind = glue_kind(device)
-    if kind == "native":
-        return NativeGlue
-    if kind == "triton":
-        from .triton import contrast_glue_kernel
-
-        return contrast_glue_kernel
-    return TorchGlue
-
-
-@functools.cache
-def _native_glue_built(device_type: str) -> bool:
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    if key is None:
-        return False
-    try:
-        from . import _C  # noqa: F401
-    except ImportError:
-        return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key("sgc_fast::contrast_normalise", key)
-
-
-def _triton_glue_runs(device: torch.device) -> bool:
-    try:
-        from . import triton as sgc_triton
-    except ImportError:
-        return False
-    return sgc_triton.unavailable_reason(device) is None
 
 
 def pack_stats(stats) -> torch.Tensor:
@@ -218,49 +148,6 @@ class TorchGlue:
     def lowres_grads(pb, coefs):
         """Its gradients w.r.t. the normalised CAMs (:func:`lowres_grads`)."""
         return lowres_grads(pb, coefs)
-
-
-class NativeGlue:
-    """The glue as the extension's ops (csrc/contrast_glue.h), same signatures as :class:`TorchGlue`."""
-
-    @staticmethod
-    def normalise(cam, weight, eps, dtype):
-        return torch.ops.sgc_fast.contrast_normalise(cam, weight, eps, dtype)
-
-    @staticmethod
-    def epilogue(stats, self_index, separate, temperature, dtype):
-        return torch.ops.sgc_fast.contrast_epilogue(*stats, self_index, separate, temperature, dtype)
-
-    @staticmethod
-    def coefficients(packed, grad_logits, self_index, separate, temperature):
-        if grad_logits.dtype not in (torch.float32, torch.float64):
-            grad_logits = grad_logits.float()
-        return torch.ops.sgc_fast.contrast_coefficients(packed, grad_logits, self_index, separate, temperature)
-
-    @staticmethod
-    def unnormalise(grad_ct, cam, total, weight):
-        return torch.ops.sgc_fast.contrast_unnormalise(grad_ct, cam, total, weight)
-
-    @staticmethod
-    def warp_matrices(crop, flip, size, cam_size):
-        return torch.ops.sgc_fast.warp_matrices(crop, flip, int(size[0]), int(size[1]), int(cam_size[0]),
-                                                int(cam_size[1]))
-
-    @staticmethod
-    def lowres_stats(pb):
-        """:func:`lowres_stats` as one op; the products the backward needs go into the problem's memo."""
-        out = torch.ops.sgc_fast.contrast_lowres_stats(pb.ct_aug, pb.ct_orig, pb.ct_neg, pb.uy, pb.ux, pb.vy, pb.vx,
-                                                       pb.my, pb.mx, pb.weight, pb.eps)
-        pb.memo["native_lowres"] = out[5:]
-        return out[:5]
-
-    @staticmethod
-    def lowres_grads(pb, coefs):
-        """:func:`lowres_grads` as one op (products from the forward, or computed again)."""
-        if "native_lowres" not in pb.memo:
-            NativeGlue.lowres_stats(pb)
-        return torch.ops.sgc_fast.contrast_lowres_grads(pb.ct_aug, *pb.memo["native_lowres"], pb.weight, pb.eps,
-                                                        *coefs)
 
 
 def prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps, ct_dtype: torch.dtype = torch.float64,

@@ -23,12 +23,13 @@ import time
 from pathlib import Path
 
 from .files import atomic_write_text
+from .train.models import ARCHS
 
 __all__ = ["DEFAULTS", "build_parser", "main", "summarize", "format_summary"]
 
 # The demo's settings (tuned on the val split; see README "The main job").
 DEFAULTS = {
-    "bias": 0.9, "image_size": 112, "output_stride": 16, "train_images": 640, "epochs": 6, "batch_size": 32,
+    "arch": "resnet18", "bias": 0.9, "image_size": 112, "output_stride": 16, "train_images": 640, "epochs": 6, "batch_size": 32,
     "lr": 0.02, "lambda_": 1.0, "temperature": 0.5, "causal_limit": 100,
 }
 SHOWN = ("acc1", "content_heatmap", "pointing_game", "insertion_auc", "deletion_auc")
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("val", "test"), help="unbiased split to score on")
     p.add_argument("--out", default="runs/demo", help="directory for checkpoints, logs and JSON")
     p.add_argument("--grid", default="docs/demo_grid.png", help="heatmap grid PNG of the first seed ('' to skip)")
+    p.add_argument("-a", "--arch", default=d["arch"], choices=ARCHS)
     p.add_argument("--bias", type=float, default=d["bias"], help="train-split background/class correlation")
     p.add_argument("--image-size", type=int, default=d["image_size"])
     p.add_argument("--output-stride", type=int, default=d["output_stride"], choices=(16, 32))
@@ -68,7 +70,7 @@ def _train(args, method: str, seed: int, run_dir: Path) -> Path:
     from .train.cli import main as train_main
 
     out = run_dir / method
-    argv = ["--dataset", "synthetic", "--method", method, "--bias", str(args.bias), "--image-size",
+    argv = ["--dataset", "synthetic", "-a", args.arch, "--method", method, "--bias", str(args.bias), "--image-size",
             str(args.image_size), "--output-stride", str(args.output_stride), "--limit", str(args.train_images),
             "--epochs", str(args.epochs), "-b", str(args.batch_size), "--lr", str(args.lr), "--schedule", "cosine",
             "--lambda", str(args.lambda_), "-t", str(args.temperature), "--seed", str(seed), "-j", str(args.workers),

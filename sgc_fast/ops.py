@@ -19,12 +19,11 @@ from __future__ import annotations
 import math
 import numbers
 import os
-import weakref
 
 import torch
 import torch.nn.functional as F
 
-from . import contrast, reference
+from . import fused, reference
 from .once import first_order_only
 
 __all__ = ["BACKENDS", "available_backends", "explain_backends", "resolve_backend", "batched_cam", "contrast_logits"]
@@ -211,9 +210,9 @@ def batched_cam(feats: torch.Tensor, grads: torch.Tensor, kind: str = "hires", b
         return _check_cam_output(reference.batched_cam(feats, grads, kind), feats, grads)
     grads = compact_grads(grads)
     if backend == "triton":
-        from . import triton as sgc_triton
+        from .triton import backend as triton_backend
 
-        return _check_cam_output(sgc_triton.batched_cam(feats, grads, kind), feats, grads)
+        return _check_cam_output(triton_backend.batched_cam(feats, grads, kind), feats, grads)
     return _check_cam_output(torch.ops.sgc_fast.batched_cam(feats, grads, kind), feats, grads)
 
 
@@ -235,109 +234,12 @@ def _check_cam_output(cam: torch.Tensor, feats: torch.Tensor, grads: torch.Tenso
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _as_mask_bytes(mask: torch.Tensor | None) -> torch.Tensor | None:
-    """uint8 view (bool, uint8: no copy) or nonzero-test copy (other dtypes) of a mask."""
-    if mask is None:
-        return None
-    if mask.dtype == torch.uint8:
-        return mask
-    if mask.dtype == torch.bool:
-        return mask.view(torch.uint8)
-    return (mask != 0).to(torch.uint8)
-
-
-def kernel_dtype(*cams: torch.Tensor | None) -> torch.dtype:
-    return torch.float64 if any(c is not None and c.dtype == torch.float64 for c in cams) else torch.float32
-
-
-pack_stats = contrast.pack_stats
-unpack_stats = contrast.unpack_stats
-
-
-# Problem of each forward, keyed by id() of its stats tensor; an entry goes when that tensor dies or the
-# autograd setup takes it (tensors cannot be dictionary keys: == is elementwise).
-_PROBLEMS: dict = {}
-
-
-def _keep_problem(packed: torch.Tensor, pb) -> None:
-    key = id(packed)
-    _PROBLEMS[key] = (weakref.ref(packed, lambda _ref: _PROBLEMS.pop(key, None)), pb)
-
-
-def contrast_forward(sweep, cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, size, temperature, eps):
-    """Shared forward of the fused backends: ``sweep(problem, mask_u8, neg_mask_u8, dtype) -> stats``
-    runs the masked case; the unmasked case uses the low-resolution closed form. The float64 glue around it
-    runs as :func:`contrast.glue` picks for the device (native ops, Triton kernels or PyTorch)."""
-    dtype = kernel_dtype(cam_orig, cam_aug, neg_cam)
-    glue = contrast.glue(cam_aug.device)
-    # The sweep reads the normalised CAMs in its own dtype; the closed forms need them in float64.
-    ct_dtype = torch.float64 if mask is None else dtype
-    pb = contrast.prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps, ct_dtype, glue)
-    if mask is None:
-        stats = glue.lowres_stats(pb)
-    else:
-        stats = sweep(pb, _as_mask_bytes(mask), _as_mask_bytes(neg_mask), dtype)
-    logits, packed = glue.epilogue(stats, self_index, pb.separate, temperature, dtype)
-    _keep_problem(packed, pb)  # the backward reuses the interpolation matrices instead of rebuilding them
-    return logits, packed
-
-
-def take_problem(packed: torch.Tensor):
-    """The forward's Problem for its stats output (call from setup_context, where the tensor is the one
-    the forward returned), or None."""
-    entry = _PROBLEMS.get(id(packed))
-    if entry is None or entry[0]() is not packed:
-        return None
-    del _PROBLEMS[id(packed)]
-    return entry[1]
-
-
-def contrast_backward(sweep_backward, grad_logits, packed, cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask,
-                      self_index, size, temperature, eps, pb=None):
-    """Shared backward of the fused backends: gradients w.r.t. (cam_orig, cam_aug, neg_cam)."""
-    dtype = kernel_dtype(cam_orig, cam_aug, neg_cam)
-    glue = contrast.glue(cam_aug.device)
-    if pb is None:
-        pb = contrast.prepare(cam_orig, cam_aug, neg_cam, crop, flip, size, eps,
-                              torch.float64 if mask is None else dtype, glue)
-    c_aa, c_aq, c_qa, c_qq, c_ap, c_pp = glue.coefficients(packed, grad_logits, self_index, pb.separate, temperature)
-    coefs = (c_aa, c_aq, c_qa, c_qq, c_ap, c_ap, c_pp)
-    if mask is None:
-        g_aug, g_orig, g_neg = glue.lowres_grads(pb, coefs)
-    else:
-        g_aug, g_orig, g_neg = sweep_backward(pb, _as_mask_bytes(mask), _as_mask_bytes(neg_mask), coefs, dtype)
-    d_orig = glue.unnormalise(g_orig, cam_orig, pb.sum_orig, pb.weight)
-    d_aug = glue.unnormalise(g_aug, cam_aug, pb.sum_aug, pb.weight)
-    d_neg = None if neg_cam is None else glue.unnormalise(g_neg, neg_cam, pb.sum_neg, pb.weight)
-    return d_orig, d_aug, d_neg
-
-
-def _sweep_args(pb, mask_u8, neg_mask_u8, dtype):
-    H, W = pb.H, pb.W
-    if neg_mask_u8 is None:
-        neg_mask_u8 = torch.zeros((0, H, W), dtype=torch.uint8, device=mask_u8.device)
-    uy, ux, vy, vx = pb.matrices(dtype)
-    return (pb.ct_aug.to(dtype), pb.ct_orig.to(dtype), mask_u8, uy, ux, vy, vx, pb.ct_neg.to(dtype), neg_mask_u8,
-            float(pb.eps))
-
-
 def _cpp_sweep(pb, mask_u8, neg_mask_u8, dtype):
-    return torch.ops.sgc_fast.contrast_sweep(*_sweep_args(pb, mask_u8, neg_mask_u8, dtype))
+    return torch.ops.sgc_fast.contrast_sweep(*fused.sweep_args(pb, mask_u8, neg_mask_u8, dtype))
 
 
 def _cpp_sweep_backward(pb, mask_u8, neg_mask_u8, coefs, dtype):
-    return torch.ops.sgc_fast.contrast_sweep_backward(*_sweep_args(pb, mask_u8, neg_mask_u8, dtype), *coefs)
-
-
-def _logits_shape(cam_aug, neg_cam):
-    B = cam_aug.shape[0]
-    return (B, B) if neg_cam is None else (B, 1 + neg_cam.shape[0])
-
-
-def _stats_numel(cam_aug, neg_cam):
-    B = cam_aug.shape[0]
-    NQ = B if neg_cam is None else neg_cam.shape[0]
-    return B * NQ + 3 * B + NQ
+    return torch.ops.sgc_fast.contrast_sweep_backward(*fused.sweep_args(pb, mask_u8, neg_mask_u8, dtype), *coefs)
 
 
 @torch.library.custom_op("sgc_fast::contrast_logits", mutates_args=())
@@ -355,27 +257,27 @@ def _contrast_logits_op(
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (logits, stats); stats are the float64 inner products kept for the backward."""
-    return contrast_forward(_cpp_sweep, cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, size,
+    return fused.contrast_forward(_cpp_sweep, cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, size,
                             temperature, eps)
 
 
 @_contrast_logits_op.register_fake
 def _(cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, size, temperature, eps):
-    dt = kernel_dtype(cam_orig, cam_aug, neg_cam)
-    logits = cam_aug.new_empty(_logits_shape(cam_aug, neg_cam), dtype=dt)
-    return logits, cam_aug.new_empty((_stats_numel(cam_aug, neg_cam),), dtype=torch.float64)
+    dt = fused.kernel_dtype(cam_orig, cam_aug, neg_cam)
+    logits = cam_aug.new_empty(fused.logits_shape(cam_aug, neg_cam), dtype=dt)
+    return logits, cam_aug.new_empty((fused.stats_numel(cam_aug, neg_cam),), dtype=torch.float64)
 
 
 def _contrast_setup(ctx, inputs, output):
     cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, size, temperature, eps = inputs
     ctx.size, ctx.temperature, ctx.eps = size, temperature, eps
-    ctx.problem = take_problem(output[1])
+    ctx.problem = fused.take_problem(output[1])
     ctx.save_for_backward(cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, output[1])
 
 
 def _contrast_backward(ctx, grad_logits, grad_stats):
     cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, packed = ctx.saved_tensors
-    d_orig, d_aug, d_neg = contrast_backward(
+    d_orig, d_aug, d_neg = fused.contrast_backward(
         _cpp_sweep_backward, grad_logits, packed, cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask,
         self_index, ctx.size, ctx.temperature, ctx.eps, pb=ctx.problem,
     )
@@ -402,7 +304,7 @@ if _EXT_ERROR is None:
                 cam_aug.new_empty(neg_cam.shape, dtype=d))
 
 
-if _EXT_ERROR is None:  # the native glue (contrast.NativeGlue); fakes so that the ops also trace
+if _EXT_ERROR is None:  # the native glue (fused.NativeGlue); fakes so that the ops also trace
 
     @torch.library.register_fake("sgc_fast::contrast_normalise")
     def _contrast_normalise_fake(cam, weight, eps, dtype):
@@ -625,9 +527,9 @@ def contrast_logits(
     args = (cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, list(size), float(temperature),
             float(eps))
     if backend == "triton":
-        from . import triton as sgc_triton
+        from .triton import backend as triton_backend
 
-        return sgc_triton.contrast_logits(*args)
+        return triton_backend.contrast_logits(*args)
     return _contrast_logits_op(*args)[0]
 
 

@@ -18,7 +18,7 @@ import sys
 import torch
 
 import sgc_fast
-from sgc_fast import contrast, ops
+from sgc_fast import contrast, fused
 
 
 def batched_cam_cases(dev: torch.device) -> None:
@@ -58,7 +58,7 @@ def sweep_case(dev, B, N, h, w, H, W, dtype, crop, generic):
     pb = contrast.prepare(co, ca, neg, box, flip, (H, W), 1e-8)
     mask = (torch.rand(B, H, W, device=dev) < 0.6).view(torch.uint8)
     neg_mask = (torch.rand(N, H, W, device=dev) < 0.6).view(torch.uint8) if N else None
-    args = list(ops._sweep_args(pb, mask, neg_mask, dtype))
+    args = list(fused.sweep_args(pb, mask, neg_mask, dtype))
     if generic:
         args[3] = torch.rand(H, h, device=dev, dtype=dtype)
         args[4] = torch.rand(W, w, device=dev, dtype=dtype)

@@ -26,7 +26,7 @@ import torch
 from problem import loss_leaves, random_crop, random_mask
 
 import sgc_fast
-from sgc_fast import contrast, ops
+from sgc_fast import contrast, fused, ops
 
 
 def _cuda_kernels() -> bool:
@@ -205,7 +205,7 @@ SWEEP_SHAPES = [
 
 
 def _sweep_case(B, N, h, w, H, W, crop: bool, dtype, generic: bool = False):
-    """The op's arguments (as ops.contrast_forward builds them) on the GPU."""
+    """The op's arguments (as fused.contrast_forward builds them) on the GPU."""
     dev = torch.device("cuda")
     co, ca = torch.rand(B, h, w, device=dev), torch.rand(B, h, w, device=dev)
     neg = torch.rand(N, h, w, device=dev) if N else None
@@ -213,7 +213,7 @@ def _sweep_case(B, N, h, w, H, W, crop: bool, dtype, generic: bool = False):
     pb = contrast.prepare(co, ca, neg, None if c is None else c.to(dev), None if f is None else f.to(dev), (H, W), 1e-8)
     mask = random_mask(B, H, W).to(dev).view(torch.uint8)
     neg_mask = random_mask(N, H, W).to(dev).view(torch.uint8) if N else None
-    args = list(ops._sweep_args(pb, mask, neg_mask, dtype))
+    args = list(fused.sweep_args(pb, mask, neg_mask, dtype))
     if generic:  # dense positive interpolation matrices: every window is wider than bilinear's two taps
         args[3] = torch.rand(H, h, device=dev, dtype=dtype) / h
         args[4] = torch.rand(W, w, device=dev, dtype=dtype) / w

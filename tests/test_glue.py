@@ -9,11 +9,11 @@ import torch
 from problem import assert_close, random_mask
 
 import sgc_fast
-from sgc_fast import contrast, ops
+from sgc_fast import contrast, fused
 
 
 def _built(device_type: str) -> bool:
-    return contrast._native_glue_built(device_type)
+    return fused._native_glue_built(device_type)
 
 
 needs_cpu_glue = pytest.mark.skipif(not _built("cpu"), reason="extension not built")
@@ -47,7 +47,7 @@ IMPLS = [
 def _impl(pair):
     kind, device = pair
     if kind == "native":
-        return contrast.NativeGlue, device
+        return fused.NativeGlue, device
     from sgc_fast.triton import contrast_glue_kernel
 
     return contrast_glue_kernel, device
@@ -130,7 +130,7 @@ def test_epilogue(B, N, self_index, degenerate, out_dtype, impl):
     assert torch.equal(torch.isinf(logits), torch.isinf(expect))
     fin = torch.isfinite(expect)
     assert_close(logits[fin], expect[fin], rtol=1e-13 if out_dtype == F64 else 1e-6, what="logits")
-    assert torch.equal(packed, ops.pack_stats(stats))
+    assert torch.equal(packed, contrast.pack_stats(stats))
 
 
 @pytest.mark.parametrize("degenerate", [False, True])
@@ -141,7 +141,7 @@ def test_epilogue(B, N, self_index, degenerate, out_dtype, impl):
 def test_coefficients(B, N, self_index, degenerate, grad_dtype, impl):
     glue, device, pb, stats, idx = _stats_case(B, N, self_index, degenerate, impl)
     grad = torch.randn(B, 1 + (N if N else B - 1), dtype=grad_dtype, device=device)
-    got = glue.coefficients(ops.pack_stats(stats), grad, idx, pb.separate, 0.7)
+    got = glue.coefficients(contrast.pack_stats(stats), grad, idx, pb.separate, 0.7)
     c_aa, c_aq, c_qa, c_qq, c_ap, c_pa, c_pp = contrast.coefficients(stats, pb.separate, grad, idx, 0.7)
     names = ("c_aa", "c_aq", "c_qa", "c_qq", "c_ap", "c_pp")
     for name, a, e in zip(names, got, (c_aa, c_aq, c_qa, c_qq, c_ap, c_pp), strict=True):
@@ -172,7 +172,7 @@ def test_coefficients_noncontiguous_grad(impl):
     glue, device = _impl(impl)
     pb, stats = _problem(4, 0, device=device)
     grad = torch.randn(4, 4, dtype=F64, device=device).T  # transposed
-    got = glue.coefficients(ops.pack_stats(stats), grad, None, False, 0.5)
+    got = glue.coefficients(contrast.pack_stats(stats), grad, None, False, 0.5)
     expect = contrast.coefficients(stats, False, grad, None, 0.5)
     assert_close(got[0], expect[0], rtol=1e-12, atol=1e-15)
 
@@ -236,10 +236,10 @@ def test_glue_agrees_with_torch_glue(method, combo, monkeypatch):
         return [logits] + [x.grad for x in leaves]
 
     monkeypatch.setenv("SGC_FAST_GLUE", kind)
-    assert contrast.glue_kind(dev) == kind
+    assert fused.glue_kind(dev) == kind
     got = run()
     monkeypatch.setenv("SGC_FAST_GLUE", "torch")
-    assert contrast.glue_kind(dev) == "torch"
+    assert fused.glue_kind(dev) == "torch"
     expect = run()
     for name, a, e in zip(("logits", "d_orig", "d_aug", "d_neg"), got, expect, strict=False):
         fin = torch.isfinite(e)
@@ -316,9 +316,9 @@ def test_errors_name_the_argument():
         native.contrast_normalise(cam, torch.rand(3, 3, dtype=F64), 1e-8, torch.float16)
     _, stats = _problem(3, 0)
     with pytest.raises(RuntimeError, match="grad_logits: expected"):
-        native.contrast_coefficients(ops.pack_stats(stats), torch.randn(3, 5), None, False, 0.5)
+        native.contrast_coefficients(contrast.pack_stats(stats), torch.randn(3, 5), None, False, 0.5)
     with pytest.raises(RuntimeError, match="stats: expected float64"):
-        native.contrast_coefficients(ops.pack_stats(stats)[1:], torch.randn(3, 3), None, False, 0.5)
+        native.contrast_coefficients(contrast.pack_stats(stats)[1:], torch.randn(3, 3), None, False, 0.5)
     with pytest.raises(RuntimeError, match="self_index: given without separate negatives"):
         native.contrast_epilogue(*stats, torch.zeros(3, dtype=torch.long), False, 0.5, torch.float32)
     with pytest.raises(RuntimeError, match="crop: expected an integer"):
@@ -337,7 +337,7 @@ def test_opcheck():
     torch.library.opcheck(native.contrast_normalise, (cam, pb.weight, 1e-8, torch.float32))
     torch.library.opcheck(native.contrast_epilogue, (*stats, torch.tensor([0, -1, 3]), True, 0.5, torch.float32))
     grad = torch.randn(3, 5)
-    torch.library.opcheck(native.contrast_coefficients, (ops.pack_stats(stats), grad, None, True, 0.5))
+    torch.library.opcheck(native.contrast_coefficients, (contrast.pack_stats(stats), grad, None, True, 0.5))
     g = torch.randn(3, 5, 3, dtype=F64)
     torch.library.opcheck(native.contrast_unnormalise, (g, cam, pb.sum_aug, pb.weight))
     crop = torch.tensor([[0, 0, 19, 11], [3, 2, 5, 4], [1, 1, 1, 1]])
@@ -354,16 +354,16 @@ def test_opcheck():
 def test_switch(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.delenv("SGC_FAST_GLUE", raising=False)
-    assert contrast.glue_kind(cpu) == "native" and contrast.glue(cpu) is contrast.NativeGlue
+    assert fused.glue_kind(cpu) == "native" and fused.glue(cpu) is fused.NativeGlue
     monkeypatch.setenv("SGC_FAST_GLUE", "torch")
-    assert contrast.glue_kind(cpu) == "torch" and contrast.glue(cpu) is contrast.TorchGlue
+    assert fused.glue_kind(cpu) == "torch" and fused.glue(cpu) is contrast.TorchGlue
     monkeypatch.setenv("SGC_FAST_GLUE", "native")
-    assert contrast.glue_kind(cpu) == "native"
-    assert contrast.glue_kind(torch.device("meta")) == "torch"  # no kernels there: the PyTorch glue
+    assert fused.glue_kind(cpu) == "native"
+    assert fused.glue_kind(torch.device("meta")) == "torch"  # no kernels there: the PyTorch glue
     info = sgc_fast.explain_glue("cpu")
     assert info["native"] == "ok" and info["torch"] == "ok" and info["chosen"] == "native"
     assert "TRITON_INTERPRET" in info["triton"] or info["triton"] == "ok"
     assert "no native kernels" in sgc_fast.explain_glue("meta")["native"]
     monkeypatch.setenv("SGC_FAST_GLUE", "fast")
     with pytest.raises(ValueError, match="SGC_FAST_GLUE: expected one of"):
-        contrast.glue_kind(cpu)
+        fused.glue_kind(cpu)

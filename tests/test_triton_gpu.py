@@ -119,7 +119,7 @@ def test_batched_cam_float64_and_channels_last():
 
 
 def test_opcheck_triton_ops():
-    from sgc_fast import contrast, ops
+    from sgc_fast import contrast, fused
     from sgc_fast.triton import batched_cam_kernel, contrast_sweep_kernel  # noqa: F401 - register the ops
 
     dev = torch.device("cuda")
@@ -132,7 +132,7 @@ def test_opcheck_triton_ops():
     B, h, w, H, W = 3, 7, 7, 40, 36
     pb = contrast.prepare(torch.rand(B, h, w, device=dev), torch.rand(B, h, w, device=dev), None, None, None,
                           (H, W), 1e-8)
-    args = ops._sweep_args(pb, random_mask(B, H, W).to(dev).view(torch.uint8), None, F32)
+    args = fused.sweep_args(pb, random_mask(B, H, W).to(dev).view(torch.uint8), None, F32)
     torch.library.opcheck(torch.ops.sgc_fast.triton_contrast_sweep.default, args,
                           test_utils=("test_schema", "test_faketensor"))
 

@@ -20,13 +20,14 @@ import torch
 from problem import assert_close, random_crop, random_mask
 
 import sgc_fast
-from sgc_fast import ops, reference
+from sgc_fast import fused, ops, reference
 
 if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
     pytest.skip("needs TRITON_INTERPRET=1 (run through tests/test_triton_interpret.py)", allow_module_level=True)
 pytest.importorskip("triton")
 
 import sgc_fast.triton as sgc_triton  # noqa: E402
+from sgc_fast.triton import backend as triton_backend  # noqa: E402
 
 F32, F64, BF16 = torch.float32, torch.float64, torch.bfloat16
 #: relative tolerance (to the largest magnitude) against the reference computed in the same precision
@@ -94,7 +95,7 @@ def test_batched_cam_head_grads_compact(kind):
 def test_batched_cam_compact_backward_is_compact():
     feats = torch.rand(2, 9, 5, 3, requires_grad=True)
     alpha = torch.randn(2, 9, requires_grad=True)
-    cam = sgc_triton.batched_cam(feats, alpha, "hires")
+    cam = triton_backend.batched_cam(feats, alpha, "hires")
     d_feats, d_alpha = torch.autograd.grad(cam.sum(), (feats, alpha))
     assert d_alpha.shape == (2, 9)
     want = reference.batched_cam(feats, alpha[:, :, None, None].expand_as(feats), "hires")
@@ -282,7 +283,7 @@ def test_sweep_matches_cpp(separate):
                           1e-8)
     mask = random_mask(B, H, W).view(torch.uint8)
     neg_mask = random_mask(N, H, W).view(torch.uint8) if separate else None
-    args = ops._sweep_args(pb, mask, neg_mask, F64)
+    args = fused.sweep_args(pb, mask, neg_mask, F64)
     stats = contrast_sweep(*args)
     want = torch.ops.sgc_fast.contrast_sweep(*args)
     for name, a, e in zip(("gram", "pos", "norm_aug", "norm_orig", "norm_neg"), stats, want, strict=True):
@@ -304,7 +305,7 @@ def test_sweep_empty_batch_with_negatives():
     h, w, H, W = 5, 3, 11, 9
     e = torch.empty(0, h, w, dtype=F64)
     pb = contrast.prepare(e, e, torch.rand(2, h, w, dtype=F64), None, None, (H, W), 1e-8)
-    args = ops._sweep_args(pb, torch.zeros(0, H, W, dtype=torch.uint8), random_mask(2, H, W).view(torch.uint8), F64)
+    args = fused.sweep_args(pb, torch.zeros(0, H, W, dtype=torch.uint8), random_mask(2, H, W).view(torch.uint8), F64)
     got, want = contrast_sweep(*args), torch.ops.sgc_fast.contrast_sweep(*args)
     for name, a, b in zip(("gram", "pos", "norm_aug", "norm_orig", "norm_neg"), got, want, strict=True):
         assert a.shape == b.shape, name
@@ -407,10 +408,9 @@ def test_triton_glue_normalise_unnormalise(small_glue_blocks, cam_dtype):
 @pytest.mark.parametrize("method", ["sgc", "sgc-neg", "cgc"])
 def test_contrast_logits_with_triton_glue(monkeypatch, method):
     """The whole op on the triton backend with SGC_FAST_GLUE=triton against the reference."""
-    from sgc_fast import contrast
 
     monkeypatch.setenv("SGC_FAST_GLUE", "triton")
-    assert contrast.glue_kind(torch.device("cpu")) == "triton"
+    assert fused.glue_kind(torch.device("cpu")) == "triton"
     B, h, w, H, W = 3, 5, 3, 17, 13
     kw = dict(size=(H, W))
     if method != "cgc":

@@ -19,7 +19,9 @@ from ..cam import capture_feats, head_grads, plain_name, target_grads, unwrap_mo
 __all__ = ["ARCHS", "OUTPUT_STRIDES", "build_model", "set_output_stride", "load_weights", "export_state_dict", "forward_feats", "cam_grads",
            "pretrained_path"]
 
-ARCHS = ("resnet18", "resnet50")
+ARCHS = ("resnet18", "resnet50", "resnet18_w32")
+# ResNet-18 with 32 base channels (32-64-128-256, a quarter of the FLOPs): for CPU demos; no ImageNet weights.
+NARROW = {"resnet18_w32": 32}
 OUTPUT_STRIDES = (32, 16)
 _PRETRAINED = {
     "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
@@ -29,6 +31,9 @@ _PRETRAINED = {
 
 def pretrained_path(arch: str) -> Path:
     """Where torchvision keeps the ImageNet weights of ``arch`` in the local torch hub cache."""
+    if arch not in _PRETRAINED:
+        raise ValueError(f"--pretrained: there are no ImageNet weights for {arch}; train it from scratch or pass "
+                         f"--weights PATH")
     url = _PRETRAINED[arch].url
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
@@ -104,6 +109,27 @@ def set_output_stride(model: nn.Module, output_stride: int) -> nn.Module:
     return model
 
 
+def _narrow_resnet18(width: int, num_classes: int) -> nn.Module:
+    """A torchvision ResNet-18 whose stages have ``width``, 2, 4 and 8 x ``width`` channels (64 is the
+    standard network), initialised as torchvision initialises its ResNets."""
+    from torchvision.models.resnet import BasicBlock
+
+    model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    model.inplanes = width
+    model.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    model.bn1 = nn.BatchNorm2d(width)
+    for k, name in enumerate(("layer1", "layer2", "layer3", "layer4")):
+        setattr(model, name, model._make_layer(BasicBlock, width << k, 2, stride=1 if k == 0 else 2))
+    model.fc = nn.Linear(8 * width, num_classes)
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    return model
+
+
 def build_model(arch: str, num_classes: int, pretrained: bool = False, weights: str | os.PathLike | None = None,
                 log=print, output_stride: int = 32, require_head: bool = False) -> nn.Module:
     """``torchvision.models.<arch>(num_classes=num_classes)``, optionally initialised from the ImageNet
@@ -111,8 +137,11 @@ def build_model(arch: str, num_classes: int, pretrained: bool = False, weights: 
     ``output_stride=16`` removes layer4's downsampling (:func:`set_output_stride`)."""
     if arch not in ARCHS:
         raise ValueError(f"arch: expected one of {ARCHS}, got {arch!r}")
-    model = set_output_stride(getattr(torchvision.models, arch)(weights=None, num_classes=num_classes),
-                              output_stride)
+    if arch in NARROW:
+        model = _narrow_resnet18(NARROW[arch], num_classes)
+    else:
+        model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    model = set_output_stride(model, output_stride)
     if pretrained:
         path = pretrained_path(arch)
         if not path.is_file():

@@ -10,19 +10,20 @@ Where it runs:
   Triton's interpreter through plain ``torch.autograd.Function`` s (interpreted kernels cannot be traced
   through ``wrap_triton``). This is how CI tests the kernels; it is slow.
 
-Files, one per op (named like csrc/): :mod:`.batched_cam_kernel`, :mod:`.contrast_sweep_kernel`, :mod:`.contrast_logits_op` (the op
+Files: this package's ``__init__`` says whether the kernels can run (:func:`unavailable_reason`) and imports
+nothing of sgc_fast; :mod:`.backend` holds the entry points ``ops`` calls; then one file per op (named like
+csrc/): :mod:`.batched_cam_kernel`, :mod:`.contrast_sweep_kernel`, :mod:`.contrast_logits_op` (the op
 that ties the sweep to the shared coefficients). :mod:`.launch` holds what they share (interpreter flag,
 autotune configs, how kernels are launched).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import torch
 
-__all__ = ["INTERPRET", "unavailable_reason", "batched_cam", "contrast_logits"]
+__all__ = ["INTERPRET", "unavailable_reason"]
 
 #: Whether Triton's interpreter was requested when this package was imported (Triton reads it then too).
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -51,59 +52,3 @@ def unavailable_reason(device: torch.device | str) -> str | None:
             return None
         return "tensors on cpu (set TRITON_INTERPRET=1 before importing sgc_fast to run the kernels interpreted)"
     return f"tensors on {device}"
-
-
-def _check_device(t: torch.Tensor) -> None:
-    why = unavailable_reason(t.device)
-    if why is not None:
-        raise RuntimeError(f"triton backend cannot run: {why}")
-
-
-def _on_device(t: torch.Tensor):
-    """Triton launches on the current CUDA device: make it the tensors' one (eager calls; under torch.compile the
-    generated code guards the device itself)."""
-    compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)()
-    if t.device.type == "cuda" and not compiling:
-        return torch.cuda.device(t.device)
-    return contextlib.nullcontext()
-
-
-def batched_cam(feats: torch.Tensor, grads: torch.Tensor, kind: str) -> torch.Tensor:
-    """CAM of every sample: ``feats [B, K, h, w]`` and ``grads`` ``[B, K, h, w]`` (any strides) or the compact
-    ``[B, K]`` form of a spatially constant gradient -> ``[B, h, w]`` (float32; float64 for float64 input).
-
-    Differentiable once; the backward writes ``dfeats`` and ``dgrads`` in one pass (``[B, K]`` for the
-    compact form, never a full-size gradient)."""
-    _check_device(feats)
-    from . import batched_cam_kernel as _op
-
-    if INTERPRET:
-        return _op.BatchedCamFunction.apply(feats, grads, kind)
-    with _on_device(feats):
-        return torch.ops.sgc_fast.triton_batched_cam(feats, grads, kind)
-
-
-def contrast_logits(
-    cam_orig: torch.Tensor,
-    cam_aug: torch.Tensor,
-    mask: torch.Tensor | None,
-    crop: torch.Tensor | None,
-    flip: torch.Tensor | None,
-    neg_cam: torch.Tensor | None,
-    neg_mask: torch.Tensor | None,
-    self_index: torch.Tensor | None,
-    size: list[int],
-    temperature: float,
-    eps: float,
-) -> torch.Tensor:
-    """Saliency-contrast logits (see :func:`sgc_fast.reference.contrast_logits`), differentiable w.r.t. the
-    CAMs. Arguments are validated by :func:`sgc_fast.ops.contrast_logits`, which calls this."""
-    _check_device(cam_aug)
-    from . import contrast_logits_op as _op
-
-    args = (cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, list(size), float(temperature),
-            float(eps))
-    if INTERPRET:
-        return _op.ContrastLogitsFunction.apply(*args)
-    with _on_device(cam_aug):
-        return torch.ops.sgc_fast.triton_contrast_logits(*args)[0]

@@ -20,7 +20,6 @@ over fixed blocks: results are reproducible run to run. The kernels run inside t
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import torch
@@ -28,19 +27,14 @@ import triton
 import triton.language as tl
 
 from ..reference import NORM_EPS
-from .launch import next_pow2
+from . import contrast_lowres_kernel
+from .launch import next_pow2, on_device, scalars
 
 __all__ = ["normalise", "epilogue", "coefficients", "unnormalise", "warp_matrices", "lowres_stats", "lowres_grads"]
 
 #: Elements per block of the per-sample passes and of the row/column walks.
 BLOCK = 256
 NUM_WARPS = 4
-
-
-@functools.lru_cache(maxsize=64)
-def _scalars(device: torch.device, *values: float) -> torch.Tensor:
-    """A float64 tensor of ``values`` on ``device`` (read-only; cached so that a step makes no copy)."""
-    return torch.tensor(values, dtype=torch.float64, device=device)
 
 
 @triton.jit
@@ -209,28 +203,17 @@ def _coefficients_kernel(stats_ptr, g_ptr, self_ptr, scal_ptr, caa_ptr, caq_ptr,
         tl.store(cqq_ptr + k, -tl.where(on_q, kappa * sq * sq, 0.0))
 
 
-def _on(device: torch.device):
-    """Launch on ``device``'s GPU (Triton launches on the current device, whatever the tensors')."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
 def warp_matrices(crop, flip, size, cam_size):
     """The CGC warp matrices (:mod:`.contrast_lowres_kernel`)."""
-    from . import contrast_lowres_kernel
-
     return contrast_lowres_kernel.warp_matrices(crop, flip, size, cam_size)
 
 
 def lowres_stats(pb):
     """The unmasked closed form (:mod:`.contrast_lowres_kernel`)."""
-    from . import contrast_lowres_kernel
-
     return contrast_lowres_kernel.lowres_stats(pb)
 
 
 def lowres_grads(pb, coefs):
-    from . import contrast_lowres_kernel
-
     return contrast_lowres_kernel.lowres_grads(pb, coefs)
 
 
@@ -251,8 +234,8 @@ def normalise(cam: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.
     ct = torch.empty((B, h, w), dtype=dtype, device=cam.device)
     total = torch.empty((B,), dtype=torch.float64, device=cam.device)
     if B:
-        with _on(cam.device):
-            _normalise_kernel[(B,)](cam, weight.contiguous(), _scalars(cam.device, float(eps)), ct, total, h * w,
+        with on_device(cam.device):
+            _normalise_kernel[(B,)](cam, weight.contiguous(), scalars(cam.device, float(eps)), ct, total, h * w,
                                     BLOCK=_block(h * w), num_warps=NUM_WARPS)
     return ct, total
 
@@ -263,7 +246,7 @@ def unnormalise(grad_ct: torch.Tensor, cam: torch.Tensor, total: torch.Tensor, w
     B, h, w = cam.shape
     out = torch.empty_like(cam)
     if B:
-        with _on(cam.device):
+        with on_device(cam.device):
             _unnormalise_kernel[(B,)](grad_ct.contiguous(), cam, total.contiguous(), weight.contiguous(), out, h * w,
                                       BLOCK=_block(h * w), num_warps=NUM_WARPS)
     return out
@@ -278,10 +261,10 @@ def epilogue(stats, self_index, separate: bool, temperature: float, dtype: torch
     self_index = _self_long(self_index)
     if B:
         blk = _block(ncols)
-        with _on(gram.device):
+        with on_device(gram.device):
             _epilogue_kernel[(B, triton.cdiv(ncols, blk))](
                 gram, pos, na, np_, nq, self_index if self_index is not None else gram,
-                _scalars(gram.device, float(temperature), NORM_EPS), logits, NQ, ncols,
+                scalars(gram.device, float(temperature), NORM_EPS), logits, NQ, ncols,
                 SEPARATE=separate, HAS_SELF=self_index is not None, BLOCK=blk, num_warps=NUM_WARPS,
             )
     return logits, torch.cat([gram.reshape(-1), pos, na, np_, nq])
@@ -298,10 +281,10 @@ def coefficients(packed: torch.Tensor, grad_logits: torch.Tensor, self_index, se
     caa, caq, cqa, cqq, cap, cpp = f((B, B)), f((B, N)), f((N, B)), f((N,)), f((B,)), f((B,))
     self_index = _self_long(self_index)
     if B + N:  # (B = 0 with negatives still writes c_qq)
-        with _on(grad.device):
+        with on_device(grad.device):
             _coefficients_kernel[(B + N,)](
                 packed.contiguous(), grad, self_index if self_index is not None else grad,
-                _scalars(grad.device, float(temperature), NORM_EPS), caa, caq, cqa, cqq, cap, cpp, B, NQ, ncols,
+                scalars(grad.device, float(temperature), NORM_EPS), caa, caq, cqa, cqq, cap, cpp, B, NQ, ncols,
                 SEPARATE=separate, HAS_SELF=self_index is not None, BLOCK=_block(max(B, NQ, 1)), num_warps=NUM_WARPS,
             )
     return caa, caq, cqa, cqq, cap, cpp

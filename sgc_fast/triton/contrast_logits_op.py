@@ -3,7 +3,7 @@
 around the Triton sweep (:mod:`.contrast_sweep_kernel`).
 
 - The masked (SGC) case runs the sweep kernels; the unmasked (CGC) case needs no per-pixel pass and uses
-  ``contrast.lowres_stats`` / ``contrast.lowres_grads`` inside ``ops.contrast_forward`` / ``contrast_backward``.
+  ``contrast.lowres_stats`` / ``contrast.lowres_grads`` inside ``fused.contrast_forward`` / ``contrast_backward``.
 - CUDA: the custom op ``sgc_fast::triton_contrast_logits`` (same signature and outputs, ``(logits, stats)``, as
   ``sgc_fast::contrast_logits``), opaque to ``torch.compile`` like its C++ twin: its glue indexes with boolean
   masks, which do not trace. The sweeps inside it are the triton_ops ``sgc_fast::triton_contrast_sweep`` and
@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from .. import ops
+from .. import fused
 from ..once import first_order_only
 from . import INTERPRET
 from .contrast_sweep_kernel import contrast_sweep, contrast_sweep_backward
@@ -29,14 +29,14 @@ __all__ = ["ContrastLogitsFunction"]
 
 
 def _sweep(pb, mask_u8, neg_mask_u8, dtype):
-    args = ops._sweep_args(pb, mask_u8, neg_mask_u8, dtype)
+    args = fused.sweep_args(pb, mask_u8, neg_mask_u8, dtype)
     if INTERPRET:
         return contrast_sweep(*args)
     return torch.ops.sgc_fast.triton_contrast_sweep(*args)
 
 
 def _sweep_backward(pb, mask_u8, neg_mask_u8, coefs, dtype):
-    args = ops._sweep_args(pb, mask_u8, neg_mask_u8, dtype)
+    args = fused.sweep_args(pb, mask_u8, neg_mask_u8, dtype)
     if INTERPRET:
         return contrast_sweep_backward(*args, *coefs)
     return torch.ops.sgc_fast.triton_contrast_sweep_backward(*args, *coefs)
@@ -57,27 +57,27 @@ def _contrast_logits_op(
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (logits, stats); stats are the float64 inner products kept for the backward."""
-    return ops.contrast_forward(_sweep, cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, size,
+    return fused.contrast_forward(_sweep, cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, size,
                                 temperature, eps)
 
 
 @_contrast_logits_op.register_fake
 def _(cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, size, temperature, eps):
-    dt = ops.kernel_dtype(cam_orig, cam_aug, neg_cam)
-    logits = cam_aug.new_empty(ops._logits_shape(cam_aug, neg_cam), dtype=dt)
-    return logits, cam_aug.new_empty((ops._stats_numel(cam_aug, neg_cam),), dtype=torch.float64)
+    dt = fused.kernel_dtype(cam_orig, cam_aug, neg_cam)
+    logits = cam_aug.new_empty(fused.logits_shape(cam_aug, neg_cam), dtype=dt)
+    return logits, cam_aug.new_empty((fused.stats_numel(cam_aug, neg_cam),), dtype=torch.float64)
 
 
 def _setup_context(ctx, inputs, output):
     cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, size, temperature, eps = inputs
     ctx.size, ctx.temperature, ctx.eps = size, temperature, eps
-    ctx.problem = ops.take_problem(output[1])  # the forward's interpolation matrices, reused by the backward
+    ctx.problem = fused.take_problem(output[1])  # the forward's interpolation matrices, reused by the backward
     ctx.save_for_backward(cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, output[1])
 
 
 def _backward(ctx, grad_logits, grad_stats):
     cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, packed = ctx.saved_tensors
-    d_orig, d_aug, d_neg = ops.contrast_backward(
+    d_orig, d_aug, d_neg = fused.contrast_backward(
         _sweep_backward, grad_logits, packed, cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index,
         ctx.size, ctx.temperature, ctx.eps, pb=ctx.problem,
     )
@@ -93,10 +93,10 @@ class ContrastLogitsFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, size, temperature, eps):
-        logits, packed = ops.contrast_forward(_sweep, cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask,
+        logits, packed = fused.contrast_forward(_sweep, cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask,
                                               self_index, size, temperature, eps)
         ctx.size, ctx.temperature, ctx.eps = size, temperature, eps
-        ctx.problem = ops.take_problem(packed)
+        ctx.problem = fused.take_problem(packed)
         ctx.save_for_backward(cam_orig, cam_aug, mask, crop, flip, neg_cam, neg_mask, self_index, packed)
         return logits
 

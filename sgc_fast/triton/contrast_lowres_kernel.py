@@ -21,8 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .contrast_glue_kernel import _on, _scalars
-from .launch import next_pow2
+from .launch import next_pow2, on_device, scalars
 
 __all__ = ["MAX_SIDE", "warp_matrices", "lowres_stats", "lowres_grads"]
 
@@ -238,7 +237,7 @@ def warp_matrices(crop: torch.Tensor, flip: torch.Tensor, size, cam_size):
     vy = torch.empty((B, H, h), dtype=torch.float64, device=crop.device)
     vx = torch.empty((B, W, w), dtype=torch.float64, device=crop.device)
     if B:
-        with _on(crop.device):
+        with on_device(crop.device):
             _warp_kernel[(B, triton.cdiv(H * h, WARP_BLOCK))](crop, flip, vy, H, h, AXIS=0, FLIP=False,
                                                                BLOCK=WARP_BLOCK, num_warps=NUM_WARPS)
             _warp_kernel[(B, triton.cdiv(W * w, WARP_BLOCK))](crop, flip, vx, W, w, AXIS=1, FLIP=True,
@@ -261,10 +260,10 @@ def lowres_stats(pb):
     gram, pos, na, np_, nq = f(B, NQ), f(B), f(B), f(B), f(NQ)
     m, uv, vv, col, ay, ax, r = f(B + N, h, w), f(B, h, w), f(B, h, w), f(B, h, w), f(B, h, h), f(B, w, w), f(B + N)
     ca, co, cq = pb.ct_aug.contiguous(), pb.ct_orig.contiguous(), pb.ct_neg.contiguous()
-    scal = _scalars(dev, float(pb.eps), pb.eps * pb.eps * pb.H * pb.W)
+    scal = scalars(dev, float(pb.eps), pb.eps * pb.eps * pb.H * pb.W)
     BH, BW = next_pow2(h, 2), next_pow2(w, 2)
     if B + N:
-        with _on(dev):
+        with on_device(dev):
             _lowres_prep_kernel[(B + N,)](
                 ca, co, cq, pb.uy.contiguous(), pb.ux.contiguous(), pb.vy.contiguous(), pb.vx.contiguous(),
                 pb.my.contiguous(), pb.mx.contiguous(), pb.weight.contiguous(), scal, m, uv, vv, col, ay, ax, r, pos,
@@ -295,10 +294,10 @@ def lowres_grads(pb, coefs):
     g_orig = torch.empty_like(g_aug)
     g_neg = torch.empty((N, h, w), dtype=torch.float64, device=dev)
     if 2 * B + N:
-        with _on(dev):
+        with on_device(dev):
             _lowres_grads_kernel[(2 * B + N,)](
                 pb.ct_aug.contiguous(), m, uv, vv, col, ay, ax, pb.weight.contiguous(),
-                _scalars(dev, float(pb.eps), pb.eps * pb.eps * pb.H * pb.W), c_aa, c_aq, c_qa, c_qq, c_ap, c_pa,
+                scalars(dev, float(pb.eps), pb.eps * pb.eps * pb.H * pb.W), c_aa, c_aq, c_qa, c_qq, c_ap, c_pa,
                 c_pp, g_aug, g_orig, g_neg, B, N, h, w, BH=next_pow2(h, 2), BW=next_pow2(w, 2), num_warps=NUM_WARPS,
             )
     return g_aug, g_orig, g_neg

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -18,7 +19,7 @@ import triton
 
 from . import INTERPRET
 
-__all__ = ["INTERPRET", "launcher", "tuned", "split_count", "next_pow2", "DOT_MIN"]
+__all__ = ["INTERPRET", "launcher", "tuned", "split_count", "next_pow2", "on_device", "scalars", "DOT_MIN"]
 
 #: Programs per streaming multiprocessor that a launch aims for (latency hiding, tail effects).
 PROGRAMS_PER_SM = 4
@@ -71,3 +72,14 @@ def split_count(device: torch.device, programs_per_split: int, limit: int, progr
 
 def next_pow2(n: int, floor: int = 1) -> int:
     return max(floor, triton.next_power_of_2(max(1, int(n))))
+
+
+def on_device(device: torch.device):
+    """Launch on ``device``'s GPU (Triton launches on the current device, whatever the tensors')."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+@functools.lru_cache(maxsize=64)
+def scalars(device: torch.device, *values: float) -> torch.Tensor:
+    """A float64 tensor of ``values`` on ``device`` (read-only; cached so that a step makes no copy)."""
+    return torch.tensor(values, dtype=torch.float64, device=device)
