@@ -12,7 +12,9 @@ Backends compared in one run, on one device:
   fp32 matmul rate;
 - ``<fused backend>:<glue>-glue`` (on request, e.g. ``cuda:torch-glue``, ``triton:triton-glue``): that backend
   with the float64 glue around its kernels forced to ``native``, ``triton`` or ``torch`` (``SGC_FAST_GLUE``;
-  sgc_fast.fused.glue_kind) -- the ablation of the glue's launch overhead.
+  sgc_fast.fused.glue_kind) -- the ablation of the glue's launch overhead;
+- ``triton:tf32x3`` / ``triton:tf32`` (on request): the Triton backend with its float32 ``tl.dot`` s on tensor
+  cores (``SGC_FAST_TRITON_DOT``), three TF32 products (about float32 accuracy) or one.
 
 Passes: ``fwd`` (loss forward, graph built), ``bwd`` (backward alone, after an untimed forward),
 ``full`` (both). Memory (GPU only): ``peak_mb`` = peak allocated during forward + backward beyond the
@@ -141,30 +143,36 @@ def leaves(inputs):
 
 
 GLUE_RE = re.compile(r"^(\w+):(native|triton|torch)-glue$")
+DOT_RE = re.compile(r"^(triton):(tf32x3|tf32)$")
 
 
 def split_backend(backend: str) -> tuple[str, str | None]:
-    """``"cuda:torch-glue"`` -> ``("cuda", "torch")``; ``"cuda"`` -> ``("cuda", None)`` (the automatic glue)."""
+    """``"cuda:torch-glue"`` -> ``("cuda", "torch")``; ``"triton:tf32x3"`` -> ``("triton", None)``; ``"cuda"`` ->
+    ``("cuda", None)`` (the automatic glue)."""
     m = GLUE_RE.match(backend)
-    return (m.group(1), m.group(2)) if m else (backend, None)
+    if m:
+        return m.group(1), m.group(2)
+    m = DOT_RE.match(backend)
+    return (m.group(1), None) if m else (backend, None)
 
 
 @contextlib.contextmanager
 def glue_env(backend: str):
-    """``SGC_FAST_GLUE`` set as a ``...:<glue>-glue`` backend asks while it is measured (forward and backward)."""
+    """The environment a variant backend asks for while it is measured (forward and backward): ``SGC_FAST_GLUE``
+    for ``...:<glue>-glue``, ``SGC_FAST_TRITON_DOT`` for ``triton:tf32x3`` / ``triton:tf32`` (tensor cores)."""
     _, glue = split_backend(backend)
-    if glue is None:
-        yield
-        return
-    old = os.environ.get("SGC_FAST_GLUE")
-    os.environ["SGC_FAST_GLUE"] = glue
+    dot = DOT_RE.match(backend)
+    want = {"SGC_FAST_GLUE": glue} if glue else {"SGC_FAST_TRITON_DOT": dot.group(2)} if dot else {}
+    old = {k: os.environ.get(k) for k in want}
+    os.environ.update(want)
     try:
         yield
     finally:
-        if old is None:
-            del os.environ["SGC_FAST_GLUE"]
-        else:
-            os.environ["SGC_FAST_GLUE"] = old
+        for k, v in old.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
 
 
 def loss_fn(backend: str, case: Case, inputs):

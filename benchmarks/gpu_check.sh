@@ -101,9 +101,10 @@ timeout $(($(left) - 20)) $PY benchmarks/bench_ops.py --preset gpu-must --passes
 echo "bench exit $?" | tee -a "$OUT/summary.md"
 
 if [ "$(left)" -gt 90 ]; then
-  stage "glue ablation: native / triton / torch glue around the same kernels (B=256 full pass)"
+  stage "glue and tensor-core ablation: native / triton / torch glue, Triton tl.dot ieee / tf32x3 / tf32 (B=256 full pass)"
   timeout $(($(left) - 45)) $PY benchmarks/bench_ops.py --shape 256,2048,7,7,224,224 --passes full \
-    --backends cuda,cuda:torch-glue,triton,triton:triton-glue,triton:torch-glue --csv "$OUT/ops.csv" \
+    --backends cuda,cuda:torch-glue,triton,triton:tf32x3,triton:tf32,triton:triton-glue,triton:torch-glue \
+    --csv "$OUT/ops.csv" \
     >> "$OUT/bench.log" 2>&1
   echo "glue ablation exit $?" | tee -a "$OUT/summary.md"
 fi

@@ -78,6 +78,22 @@ def test_loss_error_budget(shape, method, grads, dtype):
     print("; ".join(report))
 
 
+@pytest.mark.parametrize("grads", ["dense", "head"])
+def test_tf32x3_sweep_meets_the_float32_budget(grads, monkeypatch):
+    """SGC_FAST_TRITON_DOT=tf32x3 (tensor cores, three TF32 products) keeps the float32 error budget."""
+    monkeypatch.setenv("SGC_FAST_TRITON_DOT", "tf32x3")
+    B, K, h, w, H, W = STANDARD[1]
+    dev = torch.device("cuda")
+    leaves, inputs = loss_leaves(B, K, h, w, grads, F32, dev, CLASSES)
+    frame = _frame("sgc", B, H, W, dev)
+    got = _loss_and_grads(leaves, inputs, frame, "triton")
+    ref = _loss_and_grads(leaves, inputs, frame, "reference")
+    oracle = _loss_and_grads([t.detach().double().requires_grad_() for t in leaves], inputs, frame, "reference")
+    for k, (g, r, o) in enumerate(zip(got, ref, oracle, strict=True)):
+        e_kernel, e_ref = _rel_error(g, o), _rel_error(r, o)
+        assert e_kernel <= 2 * e_ref + SLACK, f"output {k}: tf32x3 error {e_kernel:.3e} > 2 x reference {e_ref:.3e}"
+
+
 @pytest.mark.parametrize("method", ["sgc", "sgc-crop", "separate"])
 def test_contrast_float64(method):
     """float64 CAMs run the kernels in float64 (tl.dot in float64) and match the reference tightly."""

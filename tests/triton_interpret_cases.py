@@ -313,6 +313,25 @@ def test_sweep_empty_batch_with_negatives():
     assert len({t.data_ptr() for t in got if t.numel()}) == sum(1 for t in got if t.numel())
 
 
+@pytest.mark.parametrize("dot", ["tf32x3", "tf32"])
+def test_sweep_dot_precision_opt_in(monkeypatch, dot):
+    """SGC_FAST_TRITON_DOT reaches the float32 kernels (the interpreter computes the dots in float32 whatever the
+    precision: the values must match IEEE); a value that is no tl.dot precision is refused by name."""
+    from sgc_fast import contrast
+    from sgc_fast.triton.contrast_sweep_kernel import contrast_sweep
+
+    B, h, w, H, W = 3, 7, 7, 20, 23
+    pb = contrast.prepare(torch.rand(B, h, w), torch.rand(B, h, w), None, None, None, (H, W), 1e-8, F32)
+    args = fused.sweep_args(pb, random_mask(B, H, W).view(torch.uint8), None, F32)
+    want = contrast_sweep(*args)
+    monkeypatch.setenv("SGC_FAST_TRITON_DOT", dot)
+    for a, e in zip(contrast_sweep(*args), want, strict=True):
+        assert_close(a, e, 1e-6, what=dot)
+    monkeypatch.setenv("SGC_FAST_TRITON_DOT", "fp8")
+    with pytest.raises(ValueError, match="SGC_FAST_TRITON_DOT"):
+        contrast_sweep(*args)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The float64 glue in Triton (sgc_fast/triton/contrast_glue_kernel.py) against the PyTorch glue
 # ----------------------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data.layouts import open_dataset
+from ..data.synthetic import SHAPES
 from ..data.views import (
     METHODS,
     CenterViewDataset,
@@ -78,7 +79,7 @@ DEFAULTS = {"method": "sgc", "arch": "resnet18", "epochs": 90, "batch_size": 256
 # Arguments that define a run: a resume takes them from the checkpoint and refuses a command line that differs.
 RUN_ARGS = ("arch", "method", "dataset", "image_size", "output_stride", "batch_size", "lambda_", "temperature",
             "single_forward",
-            "schedule", "bias", "limit", "seed", "negatives", "negatives_per_chunk", "labels_fraction",
+            "schedule", "bias", "num_classes", "limit", "seed", "negatives", "negatives_per_chunk", "labels_fraction",
             "labels_subset", "lr_last_layer", "wd", "milestones", "gamma")
 
 
@@ -156,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available; "
                                                   "cuda:LOCAL_RANK under torchrun)")
     p.add_argument("--bias", type=float, default=d["bias"], help="synthetic only: background/class correlation")
+    p.add_argument("--num-classes", type=int, default=None, metavar="N",
+                   help="synthetic only: the first N shapes (2-8; default 5)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images of each split")
     p.add_argument("--debug", action="store_true", help="tracebacks instead of one-line errors")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -215,6 +218,11 @@ def _validate(args) -> None:
     if args.dataset == "synthetic" and args.data is not None:
         _fail(f"the data directory {args.data!r} was given with --dataset synthetic, which never reads it; pass "
               f"--dataset folder (or cub, imagenet, ...) to train on it")
+    if args.num_classes is not None and args.dataset != "synthetic":
+        _fail(f"--num-classes: only the synthetic set takes a class count; --dataset {args.dataset} has its own")
+    if args.num_classes is not None and not 2 <= args.num_classes <= len(SHAPES):
+        _fail(f"--num-classes: expected 2..{len(SHAPES)} (the synthetic set has {len(SHAPES)} shapes), got "
+              f"{args.num_classes}")
     if args.negatives == "global" and args.negatives_per_chunk is not None:
         _fail("--negatives-per-chunk: per-chunk negatives are local; drop --negatives global")
     if args.labels_fraction is not None and args.labels_subset is not None:
@@ -233,8 +241,9 @@ def _datasets(args, world: World):
         from ..data.synthetic import SyntheticShapes
 
         size = max(args.image_size, 32)
-        train = SyntheticShapes(split="train", size=size, bias=args.bias, seed=args.seed or 0)
-        val = SyntheticShapes(split="val", size=size, bias=args.bias, seed=args.seed or 0)
+        n = args.num_classes or 5
+        train = SyntheticShapes(split="train", size=size, bias=args.bias, seed=args.seed or 0, num_classes=n)
+        val = SyntheticShapes(split="val", size=size, bias=args.bias, seed=args.seed or 0, num_classes=n)
         return train, val, list(train.classes), f"synthetic shapes (bias {args.bias}, seed {args.seed or 0})"
     if args.data is None:
         _fail(f"--dataset {args.dataset} needs the data directory (positional argument)")

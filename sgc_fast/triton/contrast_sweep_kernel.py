@@ -45,6 +45,7 @@ field kernel 0.58 ms, norms 0.1 ms, pos 0.13 ms.
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
@@ -55,9 +56,19 @@ from .launch import DOT_MIN, launcher, next_pow2, split_count, tuned
 
 __all__ = ["contrast_sweep", "contrast_sweep_backward"]
 
-#: tl.dot precision of float32 tiles, a constexpr of every kernel: IEEE by default (DESIGN §4); "tf32x3" or
-#: "tf32" (tensor cores) would be an opt-in.
+#: tl.dot precision of float32 tiles, a constexpr of every kernel: IEEE by default (DESIGN §4). The environment
+#: variable SGC_FAST_TRITON_DOT = "tf32x3" (tensor cores, three TF32 products: about float32 accuracy) or "tf32"
+#: (one TF32 product, truncated inputs: ~1e-4 relative) opts in, read at each launch (:func:`dot_precision`).
 DOT_PRECISION = "ieee"
+DOT_PRECISIONS = ("ieee", "tf32x3", "tf32")
+
+
+def dot_precision() -> str:
+    """The ``input_precision`` of the float32 ``tl.dot`` s: ``SGC_FAST_TRITON_DOT`` when set, else IEEE."""
+    value = os.environ.get("SGC_FAST_TRITON_DOT", "") or DOT_PRECISION
+    if value not in DOT_PRECISIONS:
+        raise ValueError(f"SGC_FAST_TRITON_DOT: expected one of {DOT_PRECISIONS} or unset, got {value!r}")
+    return value
 #: Reuse the row tile as the column tile in diagonal Gram blocks. Off: the runtime branch it needs made the
 #: kernel 5-10x slower on an H200 (Triton 3.6) than regenerating both tiles.
 REUSE_DIAGONAL_TILE = False
@@ -130,7 +141,7 @@ def _tile_shared(rows, ux_ptr, X, x_ok, w, eps, mask_ptr, i_idx, i_ok, Y, sm0, s
     """mask_i . (rows @ Ux[X, :]^T + eps) for pixels (Y, X): [BLOCK_B, BLOCK_X]; zero outside the map."""
     v = _expand_shared(rows, ux_ptr, X, x_ok, w, W_DOT, PRECISION) + eps
     keep = i_ok[:, None] & x_ok[None, :]
-    m = tl.load(mask_ptr + i_idx[:, None] * sm0 + Y * sm1 + X[None, :] * sm2, mask=keep, other=0)
+    m = tl.load(mask_ptr + i_idx.to(tl.int64)[:, None] * sm0 + Y * sm1 + X[None, :] * sm2, mask=keep, other=0)
     return tl.where(keep & (m != 0), v, 0.0)
 
 
@@ -161,7 +172,7 @@ def _rows_of_p(ct_ptr, i_idx, i_ok, uy_ptr, vy_ptr, svy, Y, H, h, w, BLOCK_B: tl
 def _vx_tile(vx_ptr, svx, i_idx, i_ok, X, x_ok, w, W_P2: tl.constexpr):
     """Vx_i[X, x] as [BLOCK_B, BLOCK_X, W_P2] (zero outside)."""
     xs = tl.arange(0, W_P2)
-    ptrs = vx_ptr + i_idx[:, None, None] * svx + X[None, :, None] * w + xs[None, None, :]
+    ptrs = vx_ptr + i_idx.to(tl.int64)[:, None, None] * svx + X[None, :, None] * w + xs[None, None, :]
     ok = i_ok[:, None, None] & x_ok[None, :, None] & (xs[None, None, :] < w)
     return tl.load(ptrs, mask=ok, other=0.0)
 
@@ -306,7 +317,7 @@ def _field_grad_kernel(
                 rows_c = _rows_shared(ct_c_ptr, j_idx, j_ok, uy_ptr, Y, h, w, BLOCK_B, W_DOT)
                 t_c = _tile_shared(rows_c, ux_ptr, X, x_ok, w, eps, mask_c_ptr, j_idx, j_ok, Y, smc0, smc1, smc2,
                                    W_DOT, PRECISION)
-                c = tl.load(coef_ptr + i_idx[:, None] * n_c + j_idx[None, :], mask=i_ok[:, None] & j_ok[None, :],
+                c = tl.load(coef_ptr + i_idx.to(tl.int64)[:, None] * n_c + j_idx[None, :], mask=i_ok[:, None] & j_ok[None, :],
                             other=0.0)
                 field += _mm(c, t_c, PRECISION)
             if HAS_SELF:
@@ -314,7 +325,7 @@ def _field_grad_kernel(
                                       smr2, W_DOT, PRECISION)
                 field += d_self[:, None] * t_self
             keep = i_ok[:, None] & x_ok[None, :]
-            m = tl.load(mask_r_ptr + i_idx[:, None] * smr0 + Y * smr1 + X[None, :] * smr2, mask=keep, other=0)
+            m = tl.load(mask_r_ptr + i_idx.to(tl.int64)[:, None] * smr0 + Y * smr1 + X[None, :] * smr2, mask=keep, other=0)
             field = tl.where(keep & (m != 0), field, 0.0)
             ux_b = tl.load(ux_ptr + X[:, None] * w + xs[None, :], mask=x_ok[:, None] & (xs[None, :] < w), other=0.0)
             r += _mm(field, ux_b, PRECISION)
@@ -363,7 +374,7 @@ def _pos_grad_kernel(
             else:
                 p = _expand_shared(rows_p, ux_ptr, X, x_ok, w, W_P2, PRECISION)
             p = tl.where(keep, p + eps, 0.0)
-            m = tl.load(mask_ptr + i_idx[:, None] * sm0 + Y * sm1 + X[None, :] * sm2, mask=keep, other=0)
+            m = tl.load(mask_ptr + i_idx.to(tl.int64)[:, None] * sm0 + Y * sm1 + X[None, :] * sm2, mask=keep, other=0)
             d_a = tl.where(m != 0, c_ap * p, 0.0)
             ux_b = tl.load(ux_ptr + X[:, None] * w + xs[None, :], mask=x_ok[:, None] & (xs[None, :] < w), other=0.0)
             ra += _mm(d_a, ux_b, PRECISION)
@@ -544,7 +555,7 @@ def _norm_parts(g: _Geometry, ct, mask, has_p: bool):
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_B"]), n_chunks)  # noqa: E731
     launcher(_norms_kernel)[grid](
         part, ct, mask, *mask.stride(), n, g.ct_orig, g.vy, g.svy, g.vx, g.svx, *g.geometry_args(), rows,
-        HAS_P=has_p, WARPED=g.warped, W_DOT=g.w_dot, W_P2=g.w_p, PRECISION=DOT_PRECISION,
+        HAS_P=has_p, WARPED=g.warped, W_DOT=g.w_dot, W_P2=g.w_p, PRECISION=dot_precision(),
     )
     return part
 
@@ -588,7 +599,7 @@ def _sweep_stats(g: _Geometry, mask, neg_mask):
     grid = lambda meta: (triton.cdiv(B, meta["BLOCK_B"]) * triton.cdiv(NQ, meta["BLOCK_B"]), n_chunks)  # noqa: E731
     launcher(_gram_kernel)[grid](
         part, g.ct_aug, mask, *mask.stride(), B, ct_c, mask_c, *mask_c.stride(), NQ, *g.geometry_args(), rows,
-        SYMMETRIC=not separate, REUSE_DIAG=REUSE_DIAGONAL_TILE, W_DOT=g.w_dot, PRECISION=DOT_PRECISION,
+        SYMMETRIC=not separate, REUSE_DIAG=REUSE_DIAGONAL_TILE, W_DOT=g.w_dot, PRECISION=dot_precision(),
     )
     f = lambda *shape: g.ct_aug.new_empty(shape, dtype=torch.float64)  # noqa: E731
     gram, pos, norm_aug, norm_orig, norm_neg = f(B, NQ), f(B), f(B), f(B), f(NQ)
@@ -626,7 +637,7 @@ def _field_rows(g: _Geometry, ct_r, mask_r, ct_c, mask_c, coef, self_coef):
     grid = lambda meta: (triton.cdiv(n_r, meta["BLOCK_B"]), n_chunks)  # noqa: E731
     launcher(_field_grad_kernel)[grid](
         out, ct_r, mask_r, *mask_r.stride(), n_r, ct_c, mask_c, *mask_c.stride(), n_c, coef, self_coef,
-        *g.geometry_args(), rows, HAS_SELF=has_self, W_DOT=g.w_dot, PRECISION=DOT_PRECISION,
+        *g.geometry_args(), rows, HAS_SELF=has_self, W_DOT=g.w_dot, PRECISION=dot_precision(),
     )
     return out
 
@@ -652,7 +663,7 @@ def contrast_sweep_backward(cam_aug, cam_orig, mask, uy, ux, vy, vx, neg_cam, ne
     launcher(_pos_grad_kernel)[grid](
         ra, rp, g.ct_aug, mask, *mask.stride(), B, g.ct_orig, g.vy, g.svy, g.vx, g.svx,
         coef_ap.to(dt).contiguous(), coef_pa.to(dt).contiguous(), coef_pp.to(dt).contiguous(),
-        *g.geometry_args(), rows, WARPED=g.warped, W_DOT=g.w_dot, W_P2=g.w_p, PRECISION=DOT_PRECISION,
+        *g.geometry_args(), rows, WARPED=g.warped, W_DOT=g.w_dot, W_P2=g.w_p, PRECISION=dot_precision(),
     )
     grad_aug = _y_adjoint_rows(g.uy, r_aug, ra)
     grad_orig = _y_adjoint_rows(g.vy, rp)
