@@ -18,10 +18,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .files import atomic_write
 
-__all__ = ["GRID_PAD", "GRID_TITLE", "grid_size", "jet", "overlay", "save_grid", "to_uint8_image"]
+__all__ = ["GRID_CAPTION", "GRID_PAD", "GRID_TITLE", "grid_size", "jet", "overlay", "save_grid", "to_uint8_image"]
 
 GRID_PAD = 2  # pixels between (and around) cells
 GRID_TITLE = 14  # height of the title row
+GRID_CAPTION = 12  # height of the caption line under each cell (when there are captions)
 CELL_MIN, CELL_MAX = 96, 256  # default cell side: the first image's longer side, clamped to this range
 
 
@@ -75,10 +76,12 @@ def overlay(image: Any, cam: Any, alpha: float = 0.5) -> np.ndarray:
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def grid_size(rows: int, models: int, cell: int) -> tuple[int, int]:
-    """``(width, height)`` of the PNG :func:`save_grid` writes for ``rows`` images and ``models`` models."""
+def grid_size(rows: int, models: int, cell: int, captions: bool = False) -> tuple[int, int]:
+    """``(width, height)`` of the PNG :func:`save_grid` writes for ``rows`` images and ``models`` models
+    (``captions``: a text line under every cell)."""
     cols = models + 1
-    return cols * cell + (cols + 1) * GRID_PAD, GRID_TITLE + rows * cell + (rows + 1) * GRID_PAD
+    row = cell + (GRID_CAPTION if captions else 0)
+    return cols * cell + (cols + 1) * GRID_PAD, GRID_TITLE + rows * row + (rows + 1) * GRID_PAD
 
 
 def _fit(text: str, draw: ImageDraw.ImageDraw, font, width: int) -> str:
@@ -90,12 +93,15 @@ def _fit(text: str, draw: ImageDraw.ImageDraw, font, width: int) -> str:
 
 
 def save_grid(path: str | os.PathLike, images: Sequence[Any], cams_per_model: Sequence[Any],
-              names: Sequence[str], cell: int | None = None, alpha: float = 0.5) -> tuple[int, int]:
+              names: Sequence[str], cell: int | None = None, alpha: float = 0.5,
+              captions: Sequence[Sequence[str]] | None = None, row_labels: Sequence[str] | None = None
+              ) -> tuple[int, int]:
     """Write a PNG grid: one row per image, columns = the image, then each model's CAM overlay.
 
     ``images``: ``N`` images (see :func:`overlay`); ``cams_per_model``: one ``[N, H, W]`` (tensor, array,
     or list of ``[H, W]``) per model; ``names``: the models' column titles. Every cell is resized
     (bilinear) to ``cell x cell`` (default: the first image's longer side clamped to [96, 256]).
+    ``captions``: per model, ``N`` lines written under its cells; ``row_labels``: ``N`` lines under the images.
     Returns the PNG's ``(width, height)`` (= :func:`grid_size`).
     """
     if len(cams_per_model) != len(names):
@@ -104,25 +110,36 @@ def save_grid(path: str | os.PathLike, images: Sequence[Any], cams_per_model: Se
     for k, cams in enumerate(cams_per_model):
         if len(cams) != n:
             raise ValueError(f"cams_per_model[{k}]: expected {n} maps (one per image), got {len(cams)}")
+    if captions is not None and (len(captions) != len(names) or any(len(c) != n for c in captions)):
+        raise ValueError(f"captions: expected {len(names)} lists (one per model) of {n} lines")
+    if row_labels is not None and len(row_labels) != n:
+        raise ValueError(f"row_labels: expected {n} lines (one per image), got {len(row_labels)}")
     if n == 0:
         raise ValueError("images: need at least one image")
     first = to_uint8_image(images[0])
     if cell is None:
         cell = int(min(max(max(first.shape[:2]), CELL_MIN), CELL_MAX))
-    width, height = grid_size(n, len(names), cell)
+    texts = captions is not None or row_labels is not None
+    width, height = grid_size(n, len(names), cell, captions=texts)
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
     for j, title in enumerate(["image", *names]):
         x = GRID_PAD + j * (cell + GRID_PAD)
         draw.text((x + 1, 1), _fit(str(title), draw, font, cell - 2), fill=(0, 0, 0), font=font)
+    row = cell + (GRID_CAPTION if texts else 0)
     for i in range(n):
         img = to_uint8_image(images[i])
-        y = GRID_TITLE + GRID_PAD + i * (cell + GRID_PAD)
+        y = GRID_TITLE + GRID_PAD + i * (row + GRID_PAD)
         tiles = [img] + [overlay(img, cams[i], alpha) for cams in cams_per_model]
+        lines = [row_labels[i] if row_labels is not None else ""]
+        lines += [c[i] for c in captions] if captions is not None else [""] * len(cams_per_model)
         for j, tile in enumerate(tiles):
             pil = Image.fromarray(tile).resize((cell, cell), Image.BILINEAR)
-            canvas.paste(pil, (GRID_PAD + j * (cell + GRID_PAD), y))
+            x = GRID_PAD + j * (cell + GRID_PAD)
+            canvas.paste(pil, (x, y))
+            if j < len(lines) and lines[j]:
+                draw.text((x + 1, y + cell), _fit(str(lines[j]), draw, font, cell - 2), fill=(0, 0, 0), font=font)
     path = os.fspath(path)
     if os.path.dirname(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)

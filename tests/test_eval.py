@@ -11,6 +11,7 @@ from PIL import Image
 
 from sgc_fast.eval import METRICS
 from sgc_fast.eval import main as eval_main
+from sgc_fast.eval.cli import pick_grid_rows
 from sgc_fast.train.cli import main as train_main
 from sgc_fast.viz import grid_size, jet, overlay, save_grid
 
@@ -60,7 +61,20 @@ def test_eval_synthetic_json_and_grid(ckpt, tmp_path):
     assert all(a[k] == b[k] for k in METRICS)
     with Image.open(grid) as im:
         assert im.format == "PNG"
-        assert im.size == grid_size(4, 2, 96)  # 32 px images -> the minimum 96 px cells
+        assert im.size == grid_size(4, 2, 96, captions=True)  # 32 px images -> the minimum 96 px cells
+
+
+def test_grid_rows_differ_most_then_random():
+    a = [{"pos": k, "ch": 50.0, "pg": 100.0, "pred": 0} for k in range(10)]
+    b = [dict(r) for r in a]
+    b[7]["ch"], b[3]["pg"], b[5]["ch"] = 10.0, 0.0, float("nan")  # gaps: 7 -> 40, 3 -> 100, 5 -> 50 (no mass)
+    rows = pick_grid_rows([a, b], 6, seed=0)
+    assert rows[:3] == [(3, "differ"), (5, "differ"), (7, "differ")]
+    rest = [pos for pos, why in rows[3:]]
+    assert [why for _, why in rows[3:]] == ["random"] * 3 and not set(rest) & {3, 5, 7} and len(set(rest)) == 3
+    assert rows == pick_grid_rows([a, b], 6, seed=0)  # seeded
+    assert all(why == "random" for _, why in pick_grid_rows([a], 4, seed=1))  # one model: nothing to compare
+    assert len(pick_grid_rows([a, b], 50, seed=0)) == 10  # never more rows than images
 
 
 def test_center_view_top1_matches_sgc_train(ckpt, tmp_path):
@@ -135,3 +149,12 @@ def test_save_grid_size(tmp_path):
         assert im.size == size == grid_size(3, 2, 64)
     with pytest.raises(ValueError):
         save_grid(tmp_path / "bad.png", images, cams, ["only one"])
+    captions = [["CH 10 PG hit"] * 3, ["CH 90 PG miss -> a very long class name"] * 3]
+    size = save_grid(tmp_path / "c.png", images, cams, ["a", "b"], cell=64, captions=captions,
+                     row_labels=["x", "y", "z"])
+    with Image.open(tmp_path / "c.png") as im:
+        assert im.size == size == grid_size(3, 2, 64, captions=True) and size[1] > grid_size(3, 2, 64)[1]
+    with pytest.raises(ValueError, match="captions"):
+        save_grid(tmp_path / "bad.png", images, cams, ["a", "b"], captions=captions[:1])
+    with pytest.raises(ValueError, match="row_labels"):
+        save_grid(tmp_path / "bad.png", images, cams, ["a", "b"], row_labels=["x"])

@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--causal-steps", type=int, default=None, help="insertion / deletion steps (default 28)")
     p.add_argument("--out", default="results.json", help="JSON results ('' to skip)")
     p.add_argument("--grid", default=None, help="write a heatmap grid PNG here")
-    p.add_argument("--grid-n", type=int, default=8, help="images in the grid")
+    p.add_argument("--grid-n", type=int, default=8,
+                   help="images in the grid: half where the first two models' CAMs differ most, half random")
     p.add_argument("--debug", action="store_true", help="tracebacks instead of one-line errors")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -359,10 +360,11 @@ def _evaluate_one(model, loader, device, args, n_images: int, desc: str, grid_st
                 ok = ~torch.isnan(v)
                 sums[key] += float(v[ok].sum())
                 counts[key] += int(ok.sum())
-            if grid_store is not None and len(grid_store) < args.grid_n:
-                for it, mp in zip(run, maps, strict=True):
-                    if len(grid_store) < args.grid_n:
-                        grid_store.append((it["raw"], mp.cpu()))
+            if grid_store is not None:  # per-image scores: the grid picks its rows from them
+                pred = logits.argmax(1)
+                for j in range(len(run)):
+                    grid_store.append({"pos": seen + j, "ch": float(scores["content_heatmap"][j]),
+                                       "pg": float(scores["pointing_game"][j]), "pred": int(pred[j])})
             seen += len(run)
             bar.update(len(run))
     bar.close()
@@ -442,7 +444,7 @@ def main(argv: list[str] | None = None) -> dict:
     data = _Boxed(base, boxes_fn, args.view, args.eval_size, order)
     loader = DataLoader(data, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
                         collate_fn=_collate)
-    results, grid_cams, grid_images = [], [], None
+    results, per_image = [], []
     for path, name, meta in zip(args.checkpoint, names, metas, strict=True):
         model = _model(path, meta, len(classes), device)
         store = [] if args.grid else None
@@ -451,9 +453,7 @@ def main(argv: list[str] | None = None) -> dict:
         row.update(name=name, checkpoint=str(path), arch=meta["arch"], epoch=meta["epoch"], method=meta["method"],
                    seconds=round(time.perf_counter() - t0, 3))
         results.append(row)
-        if store is not None:
-            grid_images = [r for r, _ in store]
-            grid_cams.append([c for _, c in store])
+        per_image.append(store)
         del model
     print(format_table(results))
     config = {"dataset": args.dataset, **info, "view": args.view, "eval_size": args.eval_size,
@@ -464,12 +464,66 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out:
         atomic_write_text(args.out, json.dumps(out, indent=2))
         print(f"wrote {args.out}")
-    if args.grid and grid_images:
-        from ..viz import save_grid
-
-        save_grid(args.grid, grid_images, grid_cams, names)
-        print(f"wrote {args.grid}")
+    if args.grid and n:
+        _write_grid(args, data, per_image, names, metas, classes, device)
     return out
+
+
+def pick_grid_rows(per_image: list[list[dict]], n: int, seed: int) -> list[tuple[int, str]]:
+    """``[(position, why)]``: the ``n // 2`` images on which the first two models' CAMs differ most (content
+    heatmap difference + pointing-game disagreement; ``why`` = "differ"), then random others (``"random"``,
+    drawn with ``seed``). One model: random images only."""
+    count = len(per_image[0])
+    n = min(n, count)
+    chosen: list[tuple[int, str]] = []
+    if len(per_image) >= 2 and n >= 2:
+        a, b = per_image[0], per_image[1]
+
+        def gap(k: int) -> float:
+            ch = abs(_nan0(a[k]["ch"]) - _nan0(b[k]["ch"]))
+            return ch + abs(a[k]["pg"] - b[k]["pg"])
+
+        order = sorted(range(count), key=lambda k: (-gap(k), k))
+        chosen = [(a[k]["pos"], "differ") for k in order[: n // 2]]
+    taken = {pos for pos, _ in chosen}
+    rest = [r["pos"] for r in per_image[0] if r["pos"] not in taken]
+    g = torch.Generator().manual_seed(seed)
+    for k in torch.randperm(len(rest), generator=g)[: n - len(chosen)].tolist():
+        chosen.append((rest[k], "random"))
+    return chosen
+
+
+def _nan0(v: float) -> float:
+    return 0.0 if v != v else v
+
+
+def _write_grid(args, data, per_image, names, metas, classes, device) -> None:
+    """The heatmap grid: rows picked by :func:`pick_grid_rows`, each CAM captioned with its CH / PG and the
+    model's prediction (a second, small pass over those images only)."""
+    from ..viz import save_grid
+
+    rows = pick_grid_rows(per_image, args.grid_n, args.seed or 0)
+    items = [data[pos] for pos, _ in rows]
+    by_pos = [{r["pos"]: r for r in store} for store in per_image]
+    cams_per_model, captions = [], []
+    for path, meta, scores in zip(args.checkpoint, metas, by_pos, strict=True):
+        model = _model(path, meta, len(classes), device)
+        maps = []
+        for it in items:
+            _, cam = cams(model, it["x"][None].to(device), torch.tensor([it["target"]], device=device))
+            maps.append(_upsample(cam, it["raw"].shape[-2:])[0].cpu())
+        cams_per_model.append(maps)
+        captions.append([_caption(scores[pos], classes) for pos, _ in rows])
+        del model
+    labels = [f"{why}: {classes[it['target']]}" for (_, why), it in zip(rows, items, strict=True)]
+    save_grid(args.grid, [it["raw"] for it in items], cams_per_model, names, captions=captions, row_labels=labels)
+    print(f"wrote {args.grid} ({sum(w == 'differ' for _, w in rows)} images where the first two models differ "
+          f"most, {sum(w == 'random' for _, w in rows)} random)")
+
+
+def _caption(score: dict, classes: list[str]) -> str:
+    ch = "CH -" if score["ch"] != score["ch"] else f"CH {score['ch']:.0f}"
+    return f"{ch} PG {'hit' if score['pg'] > 0 else 'miss'} -> {classes[score['pred']]}"
 
 
 def run(argv: list[str] | None = None) -> int:
