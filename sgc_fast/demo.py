@@ -25,17 +25,22 @@ from pathlib import Path
 from .files import atomic_write_text
 from .train.models import ARCHS
 
-__all__ = ["DEFAULTS", "build_parser", "main", "summarize", "format_summary"]
+__all__ = ["DEFAULTS", "METHOD_SPECS", "build_parser", "main", "summarize", "format_summary", "gains", "format_gains",
+           "format_per_seed"]
 
 # The demo's settings (tuned on the val split; see README "The main job").
 DEFAULTS = {
     "arch": "resnet18", "bias": 0.9, "image_size": 112, "output_stride": 16, "train_images": 640, "epochs": 6, "batch_size": 32,
-    "lr": 0.02, "lambda_": 1.0, "temperature": 0.5, "causal_limit": 100,
+    "lr": 0.02, "lambda_": 1.0, "temperature": 0.5, "causal_limit": 100, "threads": 2,
 }
 SHOWN = ("acc1", "content_heatmap", "pointing_game", "insertion_auc", "deletion_auc")
 _HEAD = {"acc1": "top-1 (%)", "content_heatmap": "CH (%)", "pointing_game": "PG (%)",
          "insertion_auc": "ins AUC", "deletion_auc": "del AUC"}
 METHODS = ("baseline", "sgc")
+#: What each demo row trains: (sgc-train --method, --lambda override). ``masked-ce`` is SGC's three cross-entropy
+#: views without the SGC term (lambda = 0): the ablation that separates the term from the masked-view data.
+METHOD_SPECS = {"baseline": ("baseline", None), "sgc": ("sgc", None), "masked-ce": ("sgc", 0.0),
+                "cgc": ("cgc", None), "l2": ("l2", None)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,21 +64,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--temperature", type=float, default=d["temperature"])
     p.add_argument("--causal-limit", type=int, default=d["causal_limit"], help="insertion/deletion on N images")
     p.add_argument("--eval-limit", type=int, default=None, help="score only the first N images of --split")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=("baseline", "sgc", "cgc", "l2"))
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=tuple(METHOD_SPECS),
+                   help="rows to train; masked-ce = sgc's cross-entropy views without the SGC term (lambda 0)")
     p.add_argument("-j", "--workers", type=int, default=1)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=d["threads"],
+                   help="torch CPU threads (fixed, so that the same machine prints the same table)")
+    p.add_argument("--device", default="auto", help="auto (cuda when a GPU is visible, else cpu), cpu, cuda, cuda:1")
+    p.add_argument("--record", default="", metavar="FILE.md",
+                   help="also write the tables, the commit and the machine to this Markdown file (make demo does)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
-def _train(args, method: str, seed: int, run_dir: Path) -> Path:
+def _train(args, name: str, seed: int, run_dir: Path) -> Path:
     from .train.cli import main as train_main
 
-    out = run_dir / method
+    method, lambda_ = METHOD_SPECS[name]
+    lambda_ = args.lambda_ if lambda_ is None else lambda_
+    out = run_dir / name
     argv = ["--dataset", "synthetic", "-a", args.arch, "--method", method, "--bias", str(args.bias), "--image-size",
             str(args.image_size), "--output-stride", str(args.output_stride), "--limit", str(args.train_images),
             "--epochs", str(args.epochs), "-b", str(args.batch_size), "--lr", str(args.lr), "--schedule", "cosine",
-            "--lambda", str(args.lambda_), "-t", str(args.temperature), "--seed", str(seed), "-j", str(args.workers),
+            "--lambda", str(lambda_), "-t", str(args.temperature), "--seed", str(seed), "-j", str(args.workers),
             "--device", args.device, "--save_dir", str(out), "--log_dir", str(out), "-p", "5"]
     if args.no_progress:
         argv.append("--no-progress")
@@ -82,7 +94,7 @@ def _train(args, method: str, seed: int, run_dir: Path) -> Path:
     print(f"[seed {seed}] sgc-train {' '.join(argv)}", flush=True)
     t0 = time.perf_counter()
     train_main(argv)
-    print(f"[seed {seed}] {method}: trained in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"[seed {seed}] {name}: trained in {time.perf_counter() - t0:.0f} s", flush=True)
     return out / "last.pt"  # the model after the last epoch (no checkpoint selection)
 
 
@@ -128,8 +140,53 @@ def _cell(key: str, mean, std, n: int) -> str:
 def format_summary(summary: dict, seeds: int) -> str:
     """A Markdown table: one row per method, mean ± std over ``seeds`` seeds."""
     head = ["method", *(_HEAD[k] for k in SHOWN)]
-    rows = [[name, *(_cell(k, *stats[k]) for k in SHOWN)] for name, stats in summary.items()]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    return _markdown(head, [[name, *(_cell(k, *stats[k]) for k in SHOWN)] for name, stats in summary.items()])
+
+
+def gains(per_seed: list[dict], method: str, base: str = "baseline") -> dict:
+    """``{metric: (mean, std, n, higher)}`` of the per-seed difference ``method - base`` (sample std; ``higher``:
+    seeds where ``method`` scored more). The effect is clear when ``mean > 2 std``."""
+    out = {}
+    for key in SHOWN:
+        diffs = [s[method][key] - s[base][key] for s in per_seed
+                 if s[method].get(key) is not None and s[base].get(key) is not None]
+        if not diffs:
+            out[key] = (None, None, 0, 0)
+            continue
+        mean = sum(diffs) / len(diffs)
+        std = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) if len(diffs) > 1 else 0.0
+        out[key] = (mean, std, len(diffs), sum(d > 0 for d in diffs))
+    return out
+
+
+def format_gains(per_seed: list[dict], methods: list[str], base: str = "baseline") -> str:
+    """A Markdown table: per method other than ``base``, its gain over ``base`` in each metric as
+    mean ± std over seeds, then ``[k/n]``: on how many seeds it was higher."""
+    head = ["gain over " + base, *(_HEAD[k] for k in SHOWN)]
+    rows = []
+    for m in methods:
+        if m == base:
+            continue
+        g = gains(per_seed, m, base)
+        cells = []
+        for key in SHOWN:
+            mean, std, n, higher = g[key]
+            digits = 3 if key in ("insertion_auc", "deletion_auc") else 1
+            cells.append("-" if mean is None else f"{mean:+.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
+                         + f" [{higher}/{n}]")
+        rows.append([m, *cells])
+    return _markdown(head, rows)
+
+
+def format_per_seed(per_seed: list[dict], seeds: list[int]) -> str:
+    head = ["seed", "method", *(_HEAD[k] for k in SHOWN)]
+    rows = [[str(seed), name, *(_cell(k, row.get(k), 0.0, 1) for k in SHOWN)]
+            for seed, result in zip(seeds, per_seed, strict=True) for name, row in result.items()]
+    return _markdown(head, rows)
+
+
+def _markdown(head: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
 
     def line(cells):
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
@@ -138,13 +195,74 @@ def format_summary(summary: dict, seeds: int) -> str:
     return "\n".join([line(head), sep, *(line(r) for r in rows)])
 
 
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def machine(device: str) -> str:
+    """The device in words: the GPU's name, or the CPU model and its core count."""
+    import os
+    import platform
+
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def commit() -> str:
+    """``git describe`` of the checkout this module runs from (``+ local changes`` when its tree is dirty)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (git not available)"
+    if head.returncode != 0:
+        return "unknown (not a git checkout)"
+    return head.stdout.strip() + (" + local changes" if dirty.stdout.strip() else "")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     if args.seeds < 1:
         raise SystemExit(f"demo: --seeds must be >= 1, got {args.seeds}")
+    if args.threads < 1:
+        raise SystemExit(f"demo: --threads must be >= 1, got {args.threads}")
+    if len(set(args.methods)) != len(args.methods):
+        raise SystemExit(f"demo: --methods lists a method twice: {' '.join(args.methods)}")
     if args.output_stride == 32 and args.image_size < 224:
         print(f"demo: note: at --image-size {args.image_size} with --output-stride 32 the CAMs are "
               f"{math.ceil(args.image_size / 32)}x{math.ceil(args.image_size / 32)}", flush=True)
+    import torch
+
+    args.device = resolve_device(args.device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)  # the thread count changes float reductions: fixed, like the seeds
+    try:
+        return _run(args, argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args, argv: list[str] | None) -> dict:
+    import torch
+
     out = Path(args.out)
     from .files import check_writable
 
@@ -152,6 +270,8 @@ def main(argv: list[str] | None = None) -> dict:
         check_writable(out, "--out")
         if args.grid:
             check_writable(args.grid, "--grid", folder=False)
+        if args.record:
+            check_writable(args.record, "--record", folder=False)
     except ValueError as exc:
         raise SystemExit(f"demo: {exc}") from None
     t_start = time.perf_counter()
@@ -167,18 +287,49 @@ def main(argv: list[str] | None = None) -> dict:
                   flush=True)
     summary = summarize(per_seed)
     table = format_summary(summary, args.seeds)
+    gain_table = format_gains(per_seed, list(args.methods)) if "baseline" in args.methods and \
+        len(args.methods) > 1 else ""
     minutes = (time.perf_counter() - t_start) / 60
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    print(f"\nResNet-18, synthetic shapes, train bias {args.bias}, {args.image_size} px, output stride "
-          f"{args.output_stride}; scored on the unbiased {args.split} split; seeds {seeds}"
-          f"{' (mean ± std)' if args.seeds > 1 else ''}; {minutes:.1f} min\n")
+    title = (f"{args.arch}, synthetic shapes, train bias {args.bias}, {args.image_size} px, output stride "
+             f"{args.output_stride}; scored on the unbiased {args.split} split; seeds {seeds}"
+             f"{' (mean ± std)' if args.seeds > 1 else ''}")
+    print(f"\n{title}; {minutes:.1f} min\n")
     print(table)
+    if gain_table:
+        print(f"\n{gain_table}")
     record = {"args": vars(args), "seeds": seeds, "minutes": round(minutes, 2), "per_seed": per_seed,
-              "summary": {n: {k: list(v) for k, v in s.items()} for n, s in summary.items()}, "table": table}
+              "summary": {n: {k: list(v) for k, v in s.items()} for n, s in summary.items()}, "table": table,
+              "gains": gain_table, "commit": commit(), "machine": machine(args.device), "torch": torch.__version__}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "summary.json", json.dumps(record, indent=2, default=str))
-    print(f"\nwrote {out / 'summary.json'}" + (f" and {args.grid}" if args.grid else ""))
+    if args.record:
+        atomic_write_text(args.record, _record_markdown(record, title, argv))
+    wrote = [str(out / "summary.json"), *(p for p in (args.grid, args.record) if p)]
+    print(f"\nwrote {', '.join(wrote)}")
     return record
+
+
+def _record_markdown(record: dict, title: str, argv: list[str] | None) -> str:
+    command = " ".join(["python -m sgc_fast.demo", *(sys.argv[1:] if argv is None else argv)])
+    seeds = record["seeds"]
+    parts = [
+        "<!-- Written by the demo (--record); regenerate it with the command below, do not edit. -->",
+        f"# Demo results, {len(seeds)} seed{'s' if len(seeds) > 1 else ''}",
+        "",
+        f"`{command}`",
+        "",
+        f"{title}. Commit {record['commit']}; {record['machine']}, {record['args']['threads']} torch threads; "
+        f"torch {record['torch']}; {record['minutes']:.1f} min.",
+        "",
+        record["table"],
+    ]
+    if record["gains"]:
+        parts += ["", "Gain over the baseline, per seed (mean ± sample std of the paired differences; [k/n]: seeds "
+                  "on which the method scored higher):", "", record["gains"]]
+    if len(seeds) > 1:
+        parts += ["", "Per seed:", "", format_per_seed(record["per_seed"], seeds)]
+    return "\n".join(parts) + "\n"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from sgc_fast.demo import format_summary, summarize
+from sgc_fast.demo import format_gains, format_summary, gains, summarize
 from sgc_fast.demo import main as demo_main
 from sgc_fast.eval.cli import cams
 from sgc_fast.train.models import build_model, forward_feats, set_output_stride
@@ -52,12 +52,28 @@ def test_summary_mean_and_sample_std():
     assert "15.0 ± 7.1" in table and "0.600 ± 0.141" in table and table.count("\n") == 2
 
 
+def test_gains_are_paired_per_seed():
+    def seed(base, sgc):
+        return {"baseline": {"acc1": base, "pointing_game": 10.0}, "sgc": {"acc1": sgc, "pointing_game": 60.0}}
+
+    per_seed = [seed(20.0, 40.0), seed(30.0, 44.0), seed(25.0, 24.0)]  # differences 20, 14, -1
+    g = gains(per_seed, "sgc")
+    mean, std, n, higher = g["acc1"]
+    assert mean == pytest.approx(11.0) and std == pytest.approx(((81 + 9 + 144) / 2) ** 0.5) and (n, higher) == (3, 2)
+    assert g["pointing_game"] == (50.0, 0.0, 3, 3)
+    assert g["content_heatmap"] == (None, None, 0, 0)
+    table = format_gains(per_seed, ["baseline", "sgc"])
+    assert "+11.0 ± 10.8 [2/3]" in table and "+50.0 ± 0.0 [3/3]" in table and table.count("\n") == 2
+
+
 def test_demo_end_to_end_tiny(tmp_path):
-    """The whole driver at a toy size: two trainings, one evaluation, summary JSON and grid."""
-    grid = tmp_path / "grid.png"
-    rec = demo_main(["--out", str(tmp_path / "runs"), "--grid", str(grid), "--image-size", "32",
-                     "--train-images", "32", "--epochs", "1", "-b", "16", "--eval-limit", "8",
-                     "--causal-limit", "2", "-j", "0", "--no-progress", "--split", "val"])
+    """The whole driver at a toy size: two trainings, one evaluation, summary JSON, grid and the Markdown record;
+    a second run prints the same table (fixed seeds and threads)."""
+    grid, record = tmp_path / "grid.png", tmp_path / "docs" / "record.md"
+    argv = ["--out", str(tmp_path / "runs"), "--grid", str(grid), "--image-size", "32", "--train-images", "32",
+            "--epochs", "1", "-b", "16", "--eval-limit", "8", "--causal-limit", "2", "-j", "0", "--no-progress",
+            "--split", "val", "--record", str(record), "--threads", "1"]
+    rec = demo_main(argv)
     saved = json.loads((tmp_path / "runs" / "summary.json").read_text())
     assert saved["seeds"] == [0] and set(saved["summary"]) == {"baseline", "sgc"}
     for name in ("baseline", "sgc"):
@@ -68,8 +84,24 @@ def test_demo_end_to_end_tiny(tmp_path):
         assert ck["output_stride"] == 16 and ck["method"] == name
     assert grid.is_file() and grid.stat().st_size > 0
     assert "baseline" in rec["table"] and "sgc" in rec["table"]
+    text = record.read_text()
+    assert rec["table"] in text and rec["gains"] in text and "gain over baseline" in rec["gains"]
+    assert "Commit " in text and "torch threads" in text and "--record" in text
+    again = demo_main([*argv, "--grid", "", "--record", ""])
+    assert again["table"] == rec["table"]
 
 
-def test_demo_rejects_zero_seeds(tmp_path):
-    with pytest.raises(SystemExit, match="seeds"):
-        demo_main(["--seeds", "0", "--out", str(tmp_path)])
+def test_demo_masked_ce_is_sgc_without_the_term(tmp_path):
+    rec = demo_main(["--out", str(tmp_path / "runs"), "--grid", "", "--image-size", "32", "--train-images", "16",
+                     "--epochs", "1", "-b", "8", "--eval-limit", "4", "--causal-limit", "0", "-j", "0",
+                     "--no-progress", "--split", "val", "--methods", "baseline", "masked-ce", "--threads", "1"])
+    ck = torch.load(tmp_path / "runs" / "seed0" / "masked-ce" / "last.pt", weights_only=False)
+    assert ck["method"] == "sgc" and ck["args"]["lambda_"] == 0.0
+    assert set(rec["per_seed"][0]) == {"baseline", "masked-ce"} and "masked-ce" in rec["gains"]
+
+
+@pytest.mark.parametrize("argv, match", [(["--seeds", "0"], "seeds"), (["--threads", "0"], "threads"),
+                                         (["--methods", "sgc", "sgc"], "twice")])
+def test_demo_rejects_nonsense(tmp_path, argv, match):
+    with pytest.raises(SystemExit, match=match):
+        demo_main([*argv, "--out", str(tmp_path)])
