@@ -1,5 +1,6 @@
 # make demo   : create .venv when missing, build the CPU extension (no CUDA), train + evaluate baseline vs SGC
-#               on the biased synthetic set (about 10 CPU minutes); SEEDS=3 for the 3-seed table
+#               on the biased synthetic set (about 10 CPU minutes); SEEDS=5 for the 5-seed table,
+#               METHODS="baseline sgc masked-ce" for the ablation row, DEVICE=cuda on a GPU
 # make test   : create .venv when missing, install the pinned environment, build the extension, run the tests
 # make bench  : CPU benchmark of the ops (appends to benchmarks/results/ops.csv)
 # make lint   : ruff
@@ -13,6 +14,8 @@ FORCE_CUDA ?= $(if $(CUDA_HOME),1,0)
 export CUDA_HOME TORCH_CUDA_ARCH_LIST FORCE_CUDA
 
 SEEDS ?= 1
+DEVICE ?= auto
+METHODS ?= baseline sgc
 DEMO_OUT ?= runs/demo
 
 .PHONY: test venv build bench lint clean demo
@@ -34,10 +37,13 @@ build: venv
 test: build
 	$(VPY) -m pytest -q tests
 
-# The demo needs only the CPU kernels: build without CUDA unless an extension is already there.
+# The demo on the CPU needs only the CPU kernels: build without CUDA unless an extension is already there
+# (DEVICE=cuda builds the CUDA kernels too). It records its tables in docs/demo_results_seeds$(SEEDS).md.
 demo: venv
-	$(VPY) -c "import sgc_fast._C" 2>/dev/null || FORCE_CUDA=0 $(VPY) -m pip install -q -e . --no-build-isolation
-	$(VPY) -m sgc_fast.demo --seeds $(SEEDS) --out $(DEMO_OUT)
+	$(VPY) -c "import sgc_fast._C" 2>/dev/null || FORCE_CUDA=$(if $(filter cuda%,$(DEVICE)),1,0) \
+		$(VPY) -m pip install -q -e . --no-build-isolation
+	$(VPY) -m sgc_fast.demo --seeds $(SEEDS) --device $(DEVICE) --methods $(METHODS) --out $(DEMO_OUT) \
+		--record docs/demo_results_seeds$(SEEDS).md
 
 bench: build
 	$(VPY) benchmarks/bench_ops.py

@@ -22,7 +22,7 @@ __all__ = ["GRID_CAPTION", "GRID_PAD", "GRID_TITLE", "grid_size", "jet", "overla
 
 GRID_PAD = 2  # pixels between (and around) cells
 GRID_TITLE = 14  # height of the title row
-GRID_CAPTION = 12  # height of the caption line under each cell (when there are captions)
+GRID_CAPTION = 24  # height of the two caption lines under each cell (when there are captions)
 CELL_MIN, CELL_MAX = 96, 256  # default cell side: the first image's longer side, clamped to this range
 
 
@@ -101,7 +101,8 @@ def save_grid(path: str | os.PathLike, images: Sequence[Any], cams_per_model: Se
     ``images``: ``N`` images (see :func:`overlay`); ``cams_per_model``: one ``[N, H, W]`` (tensor, array,
     or list of ``[H, W]``) per model; ``names``: the models' column titles. Every cell is resized
     (bilinear) to ``cell x cell`` (default: the first image's longer side clamped to [96, 256]).
-    ``captions``: per model, ``N`` lines written under its cells; ``row_labels``: ``N`` lines under the images.
+    ``captions``: per model, ``N`` texts written under its cells; ``row_labels``: ``N`` texts under the images
+    (each at most two lines, split at ``"\\n"``).
     Returns the PNG's ``(width, height)`` (= :func:`grid_size`).
     """
     if len(cams_per_model) != len(names):
@@ -138,8 +139,8 @@ def save_grid(path: str | os.PathLike, images: Sequence[Any], cams_per_model: Se
             pil = Image.fromarray(tile).resize((cell, cell), Image.BILINEAR)
             x = GRID_PAD + j * (cell + GRID_PAD)
             canvas.paste(pil, (x, y))
-            if j < len(lines) and lines[j]:
-                draw.text((x + 1, y + cell), _fit(str(lines[j]), draw, font, cell - 2), fill=(0, 0, 0), font=font)
+            for k, text in enumerate(str(lines[j]).split("\n")[:2] if j < len(lines) else []):
+                draw.text((x + 1, y + cell + 11 * k), _fit(text, draw, font, cell - 2), fill=(0, 0, 0), font=font)
     path = os.fspath(path)
     if os.path.dirname(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)

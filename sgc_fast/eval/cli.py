@@ -523,7 +523,7 @@ def _write_grid(args, data, per_image, names, metas, classes, device) -> None:
 
 def _caption(score: dict, classes: list[str]) -> str:
     ch = "CH -" if score["ch"] != score["ch"] else f"CH {score['ch']:.0f}"
-    return f"{ch} PG {'hit' if score['pg'] > 0 else 'miss'} -> {classes[score['pred']]}"
+    return f"{ch}, PG {'hit' if score['pg'] > 0 else 'miss'}\n-> {classes[score['pred']]}"
 
 
 def run(argv: list[str] | None = None) -> int:
