@@ -7,7 +7,7 @@
 # (cam mode: device.txt build.log cam.csv cam.log summary.md; train mode: device.txt build.log
 #  train_precision.csv step.csv train.log summary.md)
 # Usage: BUDGET=520 [WHEELS=dir] bash benchmarks/gpu_check.sh [all|tests|bench|cam|train]
-#   tests: build, GPU tests, compute-sanitizer memcheck; bench: build, benchmarks; all (default): build, GPU
+#   tests: build, GPU tests, compute-sanitizer memcheck, racecheck and synccheck; bench: build, benchmarks; all (default): build, GPU
 #   tests, benchmarks (no memcheck); cam: build, then bench_cam.py (sgc_fast.CAM against pytorch-grad-cam,
 #   captum and torchcam; fp32 and bf16, ResNet-18/50 and ConvNeXt-T at 224 px, B = 1/16/64) into cam.csv and
 #   cam.log. The anchors are benchmark-only: on a machine without internet put their wheels (grad-cam, ttach,
@@ -83,11 +83,15 @@ if [ "$MODE" != bench ]; then
   echo "pytest exit $?" | tee -a "$OUT/summary.md"
   tail -25 "$OUT/gpu_tests.log"
   grep -E "passed|failed" "$OUT/gpu_tests.log" | tail -1 >> "$OUT/summary.md"
-  if [ "$MODE" = tests ] && [ "$(left)" -gt 60 ] && command -v compute-sanitizer > /dev/null; then
-    stage "compute-sanitizer memcheck (tests/cuda_memcheck_case.py)"
-    timeout $(($(left) - 10)) compute-sanitizer --tool memcheck $PY tests/cuda_memcheck_case.py > "$OUT/memcheck.log" 2>&1
-    echo "memcheck exit $?" | tee -a "$OUT/summary.md"
-    tail -3 "$OUT/memcheck.log" | tee -a "$OUT/summary.md"
+  if [ "$MODE" = tests ] && command -v compute-sanitizer > /dev/null; then
+    for tool in memcheck racecheck synccheck; do  # all three logs go to memcheck.log
+      [ "$(left)" -gt 60 ] || break
+      stage "compute-sanitizer $tool (tests/cuda_memcheck_case.py)"
+      timeout $(( $(left) / 2 )) compute-sanitizer --tool $tool $PY tests/cuda_memcheck_case.py \
+        >> "$OUT/memcheck.log" 2>&1
+      echo "$tool exit $?" | tee -a "$OUT/summary.md"
+      tail -2 "$OUT/memcheck.log" | tee -a "$OUT/summary.md"
+    done
   fi
 fi
 if [ "$MODE" = tests ]; then
