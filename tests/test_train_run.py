@@ -48,6 +48,19 @@ def test_first_line_names_the_data_set(tmp_path, capsys):
     assert start["data"].startswith("synthetic") and start["world_size"] == 1
 
 
+def test_num_classes_and_the_narrow_resnet(tmp_path):
+    _run(tmp_path, "--epochs", "1", "--num-classes", "3", "-a", "resnet18_w32")
+    ckpt = load_checkpoint(tmp_path / "ckpt" / "last.pt")
+    assert ckpt["classes"] == ["circle", "square", "triangle"] and ckpt["arch"] == "resnet18_w32"
+    assert ckpt["model"]["conv1.weight"].shape[0] == 32 and ckpt["model"]["fc.weight"].shape == (3, 256)
+    with pytest.raises(SystemExit, match="--num-classes 4 \\(checkpoint: 3\\)"):
+        _run(tmp_path, "--num-classes", "4", "--resume", str(tmp_path / "ckpt" / "last.pt"), "--epochs", "2")
+    with pytest.raises(SystemExit, match="--num-classes: only the synthetic set"):
+        main(["/data/cub", "--dataset", "cub", "--num-classes", "3"])
+    with pytest.raises(SystemExit, match="no ImageNet weights for resnet18_w32"):
+        _run(tmp_path / "p", "--epochs", "1", "-a", "resnet18_w32", "--pretrained")
+
+
 def test_recipe_fills_what_the_command_line_leaves_out():
     argv = ["--recipe", "sgc", "-b", "64"]
     args = cli.build_parser().parse_args(argv)
@@ -73,6 +86,8 @@ def test_recipe_fills_what_the_command_line_leaves_out():
     (["--negatives", "global", "--negatives-per-chunk", "4"], "per-chunk negatives are local"),
     (["-e"], "-e: evaluation needs a checkpoint"),
     (["--bias", "2"], "--bias"),
+    (["--num-classes", "9"], "--num-classes: expected 2..8"),
+    (["--num-classes", "1"], "--num-classes: expected 2..8"),
 ])
 def test_nonsense_arguments_are_refused(tmp_path, flags, message):
     with pytest.raises(SystemExit, match=message.replace("-", r"\-").replace("[", r"\[")):
