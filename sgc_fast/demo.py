@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (cuda when a GPU is visible, else cpu), cpu, cuda, cuda:1")
     p.add_argument("--record", default="", metavar="FILE.md",
                    help="also write the tables, the commit and the machine to this Markdown file (make demo does)")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep a finished training of <out>/seed<k>/<method> whose checkpoint has the same settings "
+                        "(to add a method or seeds to a run, or finish an interrupted one; same code only)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -93,6 +96,12 @@ def _train(args, name: str, seed: int, run_dir: Path) -> Path:
             "--device", args.device, "--save_dir", str(out), "--log_dir", str(out), "-p", "5"]
     if args.no_progress:
         argv.append("--no-progress")
+    if args.reuse:
+        why = reusable(out / "last.pt", argv)
+        if why is None:
+            print(f"[seed {seed}] {name}: reusing {out / 'last.pt'} (finished, same settings)", flush=True)
+            return out / "last.pt"
+        print(f"[seed {seed}] {name}: training ({why})", flush=True)
     if (out / "train.jsonl").exists():  # a fresh log for a fresh run
         (out / "train.jsonl").unlink()
     print(f"[seed {seed}] sgc-train {' '.join(argv)}", flush=True)
@@ -100,6 +109,32 @@ def _train(args, name: str, seed: int, run_dir: Path) -> Path:
     train_main(argv)
     print(f"[seed {seed}] {name}: trained in {time.perf_counter() - t0:.0f} s", flush=True)
     return out / "last.pt"  # the model after the last epoch (no checkpoint selection)
+
+
+#: sgc-train arguments that do not change what a run computes.
+_NOT_RESULTS = {"no_progress", "print_freq", "debug", "workers", "log_dir", "save_dir", "resume"}
+
+
+def reusable(path: Path, argv: list[str]) -> str | None:
+    """None when ``path`` is a finished sgc-train checkpoint of exactly the run ``argv`` describes (every argument
+    that changes the result equal), else why not."""
+    from .train.checkpoint import load_checkpoint
+    from .train.cli import build_parser
+
+    if not path.is_file():
+        return "no checkpoint yet"
+    try:
+        ckpt = load_checkpoint(path)
+    except (OSError, ValueError, RuntimeError) as exc:
+        return f"{path} unreadable: {exc}"
+    want = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if k not in _NOT_RESULTS}
+    saved = ckpt.get("args") or {}
+    differ = sorted(k for k, v in want.items() if saved.get(k, None) != v)
+    if differ:
+        return f"{path} was trained with other settings: {', '.join(differ)}"
+    if int(ckpt.get("epoch", -1)) != want["epochs"] or int(ckpt.get("step", 0)):
+        return f"{path} is unfinished (epoch {ckpt.get('epoch')} of {want['epochs']})"
+    return None
 
 
 def _evaluate(args, ckpts: list[Path], names: list[str], seed: int, run_dir: Path, grid: str | None) -> dict:

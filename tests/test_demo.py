@@ -91,6 +91,25 @@ def test_demo_end_to_end_tiny(tmp_path):
     assert again["table"] == rec["table"]
 
 
+def test_demo_reuse_adds_a_method_without_retraining(tmp_path, capsys):
+    argv = ["--out", str(tmp_path / "runs"), "--grid", "", "--image-size", "32", "--train-images", "16",
+            "--epochs", "1", "-b", "8", "--eval-limit", "4", "--causal-limit", "0", "-j", "0", "--no-progress",
+            "--split", "val", "--threads", "1"]
+    first = demo_main(argv)
+    ckpt = tmp_path / "runs" / "seed0" / "sgc" / "last.pt"
+    stamp = ckpt.stat().st_mtime_ns
+    capsys.readouterr()
+    more = demo_main([*argv, "--reuse", "--methods", "baseline", "sgc", "masked-ce"])
+    out = capsys.readouterr().out
+    assert "baseline: reusing" in out and "sgc: reusing" in out and "masked-ce: training (no checkpoint yet)" in out
+    assert ckpt.stat().st_mtime_ns == stamp
+    for name in ("baseline", "sgc"):
+        assert more["per_seed"][0][name]["acc1"] == first["per_seed"][0][name]["acc1"]
+    demo_main([*argv, "--reuse", "--lr", "0.03", "--methods", "baseline"])  # other settings: trained again
+    out = capsys.readouterr().out
+    assert "baseline: training (" in out and "trained with other settings: lr" in out
+
+
 def test_demo_masked_ce_is_sgc_without_the_term(tmp_path):
     rec = demo_main(["--out", str(tmp_path / "runs"), "--grid", "", "--image-size", "32", "--train-images", "16",
                      "--epochs", "1", "-b", "8", "--eval-limit", "4", "--causal-limit", "0", "-j", "0",
