@@ -1,5 +1,5 @@
 # make demo   : create .venv when missing, build the CPU extension (no CUDA), train + evaluate baseline vs SGC
-#               on the biased synthetic set (about 10 CPU minutes); SEEDS=5 for the 5-seed table,
+#               on the biased synthetic set (about 11 CPU minutes); SEEDS=5 for the 5-seed table,
 #               METHODS="baseline sgc masked-ce" for the ablation row, DEVICE=cuda on a GPU
 # make test   : create .venv when missing, install the pinned environment, build the extension, run the tests
 # make bench  : CPU benchmark of the ops (appends to benchmarks/results/ops.csv)

@@ -11,7 +11,7 @@ Outputs: ``<out>/seed<k>/<method>/last.pt``, ``<out>/seed<k>/eval.json``, ``<out
 grid of the first seed (``--grid``) and, with ``--record``, a Markdown record of the tables, the commit and the
 machine (``make demo`` writes ``docs/demo_results_seeds<N>.md``). Examples::
 
-    python -m sgc_fast.demo                          # one seed, CPU, about 10 minutes on 2 cores
+    python -m sgc_fast.demo                          # one seed, CPU, about 11 minutes on 2 cores
     python -m sgc_fast.demo --seeds 5 --out runs/demo5 --methods baseline sgc masked-ce
     python -m sgc_fast.demo --split val --bias 0.95 --lambda 2   # tuning (never on test)
 """
@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _train(args, name: str, seed: int, run_dir: Path) -> Path:
+def _train(args, name: str, seed: int, run_dir: Path) -> tuple[Path, bool]:
+    """Train one row (or, with ``--reuse``, keep its finished training): ``(last.pt, reused)``."""
     from .train.cli import main as train_main
 
     method, lambda_ = METHOD_SPECS[name]
@@ -100,7 +101,7 @@ def _train(args, name: str, seed: int, run_dir: Path) -> Path:
         why = reusable(out / "last.pt", argv)
         if why is None:
             print(f"[seed {seed}] {name}: reusing {out / 'last.pt'} (finished, same settings)", flush=True)
-            return out / "last.pt"
+            return out / "last.pt", True
         print(f"[seed {seed}] {name}: training ({why})", flush=True)
     if (out / "train.jsonl").exists():  # a fresh log for a fresh run
         (out / "train.jsonl").unlink()
@@ -108,7 +109,7 @@ def _train(args, name: str, seed: int, run_dir: Path) -> Path:
     t0 = time.perf_counter()
     train_main(argv)
     print(f"[seed {seed}] {name}: trained in {time.perf_counter() - t0:.0f} s", flush=True)
-    return out / "last.pt"  # the model after the last epoch (no checkpoint selection)
+    return out / "last.pt", False  # the model after the last epoch (no checkpoint selection)
 
 
 #: sgc-train arguments that do not change what a run computes.
@@ -315,11 +316,13 @@ def _run(args, argv: list[str] | None) -> dict:
         raise SystemExit(f"demo: {exc}") from None
     t_start = time.perf_counter()
     code = commit()  # the code that runs, before any later edit of the checkout
-    per_seed = []
+    per_seed, reused = [], []
     for k in range(args.seeds):
         seed = args.first_seed + k
         run_dir = out / f"seed{seed}"
-        ckpts = [_train(args, m, seed, run_dir) for m in args.methods]
+        trained = [_train(args, m, seed, run_dir) for m in args.methods]
+        ckpts = [path for path, _ in trained]
+        reused += [f"seed {seed} {m}" for m, (_, again) in zip(args.methods, trained, strict=True) if again]
         result = _evaluate(args, ckpts, list(args.methods), seed, run_dir, args.grid if k == 0 else None)
         per_seed.append({r["name"]: r for r in result["results"]})
         if args.seeds > 1:
@@ -340,7 +343,7 @@ def _run(args, argv: list[str] | None) -> dict:
         print(f"\n{gain_table}")
     record = {"args": vars(args), "seeds": seeds, "minutes": round(minutes, 2), "per_seed": per_seed,
               "summary": {n: {k: list(v) for k, v in s.items()} for n, s in summary.items()}, "table": table,
-              "gains": gain_table, "commit": code, "machine": machine(args.device), "torch": torch.__version__}
+              "gains": gain_table, "commit": code, "reused": reused, "machine": machine(args.device), "torch": torch.__version__}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "summary.json", json.dumps(record, indent=2, default=str))
     if args.record:
@@ -361,6 +364,8 @@ def _record_markdown(record: dict, title: str, argv: list[str] | None) -> str:
         "",
         f"{title}. Commit {record['commit']}; {record['machine']}, {record['args']['threads']} torch threads; "
         f"torch {record['torch']}; {record['minutes']:.1f} min.",
+        *([f"Reused finished trainings of an earlier run of the same settings (`--reuse`; trained by the code of "
+           f"that run): {', '.join(record['reused'])}."] if record["reused"] else []),
         "",
         record["table"],
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,7 +100,10 @@ def test_demo_reuse_adds_a_method_without_retraining(tmp_path, capsys):
     ckpt = tmp_path / "runs" / "seed0" / "sgc" / "last.pt"
     stamp = ckpt.stat().st_mtime_ns
     capsys.readouterr()
-    more = demo_main([*argv, "--reuse", "--methods", "baseline", "sgc", "masked-ce"])
+    record = tmp_path / "ablation.md"
+    more = demo_main([*argv, "--reuse", "--methods", "baseline", "sgc", "masked-ce", "--record", str(record)])
+    assert more["reused"] == ["seed 0 baseline", "seed 0 sgc"]
+    assert "Reused finished trainings of an earlier run" in record.read_text()
     out = capsys.readouterr().out
     assert "baseline: reusing" in out and "sgc: reusing" in out and "masked-ce: training (no checkpoint yet)" in out
     assert ckpt.stat().st_mtime_ns == stamp
@@ -124,3 +128,34 @@ def test_demo_masked_ce_is_sgc_without_the_term(tmp_path):
 def test_demo_rejects_nonsense(tmp_path, argv, match):
     with pytest.raises(SystemExit, match=match):
         demo_main([*argv, "--out", str(tmp_path)])
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tables(text: str) -> list[str]:
+    """The Markdown tables of ``text``: runs of consecutive lines that start with ``|``."""
+    tables, run = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            run.append(line)
+        elif run:
+            tables.append("\n".join(run))
+            run = []
+    return tables
+
+
+def test_readme_copies_the_demo_records():
+    """The demo tables in README.md and docs/demo.md are the ones the demo wrote (docs/demo_*seeds<N>.md),
+    verbatim: the results of `make demo` and `make demo SEEDS=5` in the README, the ablation in docs/demo.md."""
+    records = {r.name: r for r in (ROOT / "docs").glob("demo_*seeds*.md")}
+    assert {"demo_results_seeds1.md", "demo_results_seeds5.md"} <= set(records)
+    for name, record in sorted(records.items()):
+        where = ROOT / ("README.md" if name.startswith("demo_results") else "docs/demo.md")
+        target = where.read_text(encoding="utf-8")
+        text = record.read_text(encoding="utf-8")
+        assert text.startswith("<!-- Written by the demo (--record)")
+        tables = _tables(text)
+        assert len(tables) >= 2, name  # the summary and the gains over the baseline
+        for table in tables[:2]:
+            assert table in target, f"{where.name} does not copy this table of docs/{name}:\n{table}"
