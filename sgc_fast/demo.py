@@ -164,17 +164,23 @@ def summarize(per_seed: list[dict]) -> dict:
             if not vals:
                 out[name][key] = (None, None, 0)
                 continue
-            mean = sum(vals) / len(vals)
-            std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
-            out[name][key] = (mean, std, len(vals))
+            out[name][key] = (*_mean_std(vals), len(vals))
     return out
 
 
-def _cell(key: str, mean, std, n: int) -> str:
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def _cell(key: str, mean, std, n: int, sign: str = "") -> str:
+    """``mean`` (``sign="+"``: always signed), ``± std`` over ``n > 1`` seeds; 3 digits for the AUCs, else 1."""
     if mean is None:
         return "-"
     digits = 3 if key in ("insertion_auc", "deletion_auc") else 1
-    return f"{mean:.{digits}f}" if n <= 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:{sign}.{digits}f}" if n <= 1 else f"{mean:{sign}.{digits}f} ± {std:.{digits}f}"
 
 
 def format_summary(summary: dict, seeds: int) -> str:
@@ -193,9 +199,7 @@ def gains(per_seed: list[dict], method: str, base: str = "baseline") -> dict:
         if not diffs:
             out[key] = (None, None, 0, 0)
             continue
-        mean = sum(diffs) / len(diffs)
-        std = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) if len(diffs) > 1 else 0.0
-        out[key] = (mean, std, len(diffs), sum(d > 0 for d in diffs))
+        out[key] = (*_mean_std(diffs), len(diffs), sum(d > 0 for d in diffs))
     return out
 
 
@@ -208,13 +212,8 @@ def format_gains(per_seed: list[dict], methods: list[str], base: str = "baseline
         if m == base:
             continue
         g = gains(per_seed, m, base)
-        cells = []
-        for key in SHOWN:
-            mean, std, n, higher = g[key]
-            digits = 3 if key in ("insertion_auc", "deletion_auc") else 1
-            cells.append("-" if mean is None else f"{mean:+.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
-                         + f" [{higher}/{n}]")
-        rows.append([m, *cells])
+        rows.append([m, *("-" if g[k][0] is None else _cell(k, *g[k][:3], sign="+") + f" [{g[k][3]}/{g[k][2]}]"
+                          for k in SHOWN)])
     return _markdown(head, rows)
 
 
