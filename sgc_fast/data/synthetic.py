@@ -37,12 +37,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-__all__ = ["SHAPES", "SPLITS", "SyntheticShapes", "write_imagefolder"]
+__all__ = ["DEFAULT_CLASSES", "SHAPES", "SPLITS", "SyntheticShapes", "write_imagefolder"]
 
 # Shapes in the order they are taken for ``num_classes`` (the first n, then sorted by name).
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "star", "crescent", "bowtie")
 SPLITS = {"train": 0, "val": 1, "test": 2}
 DEFAULT_LENGTH = {"train": 2000, "val": 500, "test": 500}
+DEFAULT_CLASSES = 5  # the first five shapes
 MIN_SIZE = 16
 
 # Scene parameters, as fractions of the image side unless stated.
@@ -197,7 +198,7 @@ class SyntheticShapes(torch.utils.data.Dataset):
     Labels are balanced: item ``i`` has class ``i % num_classes``.
     """
 
-    def __init__(self, split: str = "train", size: int = 64, length: int | None = None, num_classes: int = 5,
+    def __init__(self, split: str = "train", size: int = 64, length: int | None = None, num_classes: int = DEFAULT_CLASSES,
                  bias: float = 0.0, seed: int = 0) -> None:
         if split not in SPLITS:
             raise ValueError(f"split: expected one of {list(SPLITS)}, got {split!r}")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -224,11 +225,11 @@ def _dataset(args, ckpt_meta: dict):
             raise SystemExit(f"sgc-eval: --dataset {args.dataset} needs the data directory (positional argument)")
         return _native(args, ckpt_meta)
     if args.dataset == "synthetic":
-        from ..data.synthetic import SyntheticShapes
+        from ..data.synthetic import DEFAULT_CLASSES, SyntheticShapes
 
         split = args.split or "test"
         size = max(args.image_size, 32)
-        base = SyntheticShapes(split=split, size=size, num_classes=len(ckpt_meta["classes"] or []) or 5,
+        base = SyntheticShapes(split=split, size=size, num_classes=len(ckpt_meta["classes"] or []) or DEFAULT_CLASSES,
                                bias=args.bias if split != "test" else 0.0, seed=args.seed)
         return base, base.boxes, list(base.classes), {"split": split, "size": size, "seed": args.seed}
     from ..data.folder import ImageFolder
@@ -480,7 +481,7 @@ def pick_grid_rows(per_image: list[list[dict]], n: int, seed: int) -> list[tuple
         a, b = per_image[0], per_image[1]
 
         def gap(k: int) -> float:
-            ch = abs(_nan0(a[k]["ch"]) - _nan0(b[k]["ch"]))
+            ch = abs(_zero_if_nan(a[k]["ch"]) - _zero_if_nan(b[k]["ch"]))
             return ch + abs(a[k]["pg"] - b[k]["pg"])
 
         order = sorted(range(count), key=lambda k: (-gap(k), k))
@@ -493,8 +494,8 @@ def pick_grid_rows(per_image: list[list[dict]], n: int, seed: int) -> list[tuple
     return chosen
 
 
-def _nan0(v: float) -> float:
-    return 0.0 if v != v else v
+def _zero_if_nan(v: float) -> float:  # a CAM without mass has no content-heatmap score
+    return 0.0 if math.isnan(v) else v
 
 
 def _write_grid(args, data, per_image, names, metas, classes, device) -> None:
@@ -522,7 +523,7 @@ def _write_grid(args, data, per_image, names, metas, classes, device) -> None:
 
 
 def _caption(score: dict, classes: list[str]) -> str:
-    ch = "CH -" if score["ch"] != score["ch"] else f"CH {score['ch']:.0f}"
+    ch = "CH -" if math.isnan(score["ch"]) else f"CH {score['ch']:.0f}"
     return f"{ch}, PG {'hit' if score['pg'] > 0 else 'miss'}\n-> {classes[score['pred']]}"
 
 

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data.layouts import open_dataset
-from ..data.synthetic import SHAPES
+from ..data.synthetic import DEFAULT_CLASSES, SHAPES
 from ..data.views import (
     METHODS,
     CenterViewDataset,
@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "cuda:LOCAL_RANK under torchrun)")
     p.add_argument("--bias", type=float, default=d["bias"], help="synthetic only: background/class correlation")
     p.add_argument("--num-classes", type=int, default=None, metavar="N",
-                   help="synthetic only: the first N shapes (2-8; default 5)")
+                   help=f"synthetic only: the first N shapes (2-{len(SHAPES)}; default {DEFAULT_CLASSES})")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images of each split")
     p.add_argument("--debug", action="store_true", help="tracebacks instead of one-line errors")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -241,7 +241,7 @@ def _datasets(args, world: World):
         from ..data.synthetic import SyntheticShapes
 
         size = max(args.image_size, 32)
-        n = args.num_classes or 5
+        n = args.num_classes or DEFAULT_CLASSES
         train = SyntheticShapes(split="train", size=size, bias=args.bias, seed=args.seed or 0, num_classes=n)
         val = SyntheticShapes(split="val", size=size, bias=args.bias, seed=args.seed or 0, num_classes=n)
         return train, val, list(train.classes), f"synthetic shapes (bias {args.bias}, seed {args.seed or 0})"
